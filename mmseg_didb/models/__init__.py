@@ -1,0 +1,1 @@
+from . import backbones, decode_heads, layers, necks, segmentors  # noqa: F401
