@@ -8,5 +8,6 @@ from . import compat
 compat.apply()
 
 from . import binary, datasets, engine, models  # noqa: E402,F401
+from . import timm_models  # noqa: E402,F401  (timm registry entries)
 
 __version__ = '0.1.0'

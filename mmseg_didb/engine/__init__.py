@@ -1,1 +1,3 @@
+from .hooks import BinarizationSwitchHook
 
+__all__ = ['BinarizationSwitchHook']

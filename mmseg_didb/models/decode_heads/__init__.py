@@ -1,1 +1,8 @@
+from .binary_conv_module import (ChannelResize, binarize_conv_modules,
+                                 binary_unit_from_conv_module)
+from .binary_heads import BinaryFCNHead, BinaryUPerHead
 
+__all__ = [
+    'BinaryUPerHead', 'BinaryFCNHead', 'ChannelResize',
+    'binarize_conv_modules', 'binary_unit_from_conv_module'
+]

@@ -1,0 +1,30 @@
+# DIDB-ViT (arXiv 2507.02222) Swin-T backbone, fully binary UPerNet, ADE20K
+# 150 classes, 512x512 crops, 160k iterations (mmseg's Swin-T UPerNet protocol:
+# 8 GPUs x 2 images).
+_base_ = [
+    './_base_/models/upernet_didb_swin.py',
+    './_base_/datasets/ade20k_checked.py',
+    'mmseg::_base_/default_runtime.py',
+    './_base_/schedules/binary_adamw_160k.py',
+]
+custom_imports = dict(imports=['mmseg_didb'], allow_failed_imports=False)
+crop_size = (512, 512)
+data_preprocessor = dict(size=crop_size)
+# ImageNet-pretrained DIDBSwin-T (backbone weights only). Make it with
+# tools/convert_pretrained.py (see docs/ade20k.md) or set another path; a
+# missing file stops training with instructions. For training from scratch
+# pass --cfg-options model.backbone.init_cfg=None
+checkpoint_file = 'pretrained/swin_tiny_patch4_window7_224_didb.pth'
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(
+        arch='tiny',
+        preset='didb',
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    decode_head=dict(preset='didb', num_classes=150),
+    auxiliary_head=dict(preset='didb', num_classes=150))
+
+# By default, models are trained on 8 GPUs with 2 images per GPU
+train_dataloader = dict(batch_size=2)
+val_dataloader = dict(batch_size=1)
+test_dataloader = val_dataloader

@@ -1,0 +1,151 @@
+"""Config helpers shared by the efficiency tools: load, derive the FP counterpart,
+build the segmentor for analysis.
+
+The FP counterpart of a config is the same model with every ``preset`` key set
+to ``'fp'`` (and every ``preset_overrides`` emptied), so binary and FP models
+differ only in binarization and the binary-unit extras, never in widths,
+depths or input size.
+"""
+import copy
+from typing import Any, Optional, Union
+
+import torch.nn as nn
+from mmengine.config import Config, ConfigDict
+
+#: Keys that only matter for training with a teacher; dropped for analysis.
+_DISTILL_KEYS = ('teacher_config', 'teacher_checkpoint', 'distill')
+
+
+def load_config(config: Union[str, Config, dict]) -> Config:
+    """Load a config file (or copy a Config / dict).
+
+    Raises:
+        FileNotFoundError: if ``config`` is a path that does not exist.
+    """
+    if isinstance(config, Config):
+        return copy.deepcopy(config)
+    if isinstance(config, dict):
+        return Config(copy.deepcopy(config))
+    import os.path as osp
+    if not osp.isfile(config):
+        raise FileNotFoundError(
+            f'config file "{config}" does not exist; pass the path of an '
+            'mmseg config, e.g. configs/didb_swin_t_ade20k.py')
+    return Config.fromfile(config)
+
+
+def _to_fp(node: Any) -> Any:
+    """Recursively set ``preset='fp'`` and clear ``preset_overrides``."""
+    if isinstance(node, dict):
+        out = type(node)() if not isinstance(node, ConfigDict) else ConfigDict()
+        for key, value in node.items():
+            if key == 'preset':
+                out[key] = 'fp'
+            elif key == 'preset_overrides':
+                out[key] = dict()
+            else:
+                out[key] = _to_fp(value)
+        return out
+    if isinstance(node, (list, tuple)):
+        return type(node)(_to_fp(v) for v in node)
+    return node
+
+
+def _has_key(node: Any, name: str) -> bool:
+    """Whether ``name`` is a key of any dict nested in ``node``."""
+    if isinstance(node, dict):
+        return name in node or any(_has_key(v, name) for v in node.values())
+    if isinstance(node, (list, tuple)):
+        return any(_has_key(v, name) for v in node)
+    return False
+
+
+def fp_counterpart(config: Union[str, Config, dict]) -> Config:
+    """Return the FP counterpart of a config.
+
+    Every ``preset`` key anywhere under ``model`` becomes ``'fp'`` and every
+    ``preset_overrides`` becomes an empty dict (overrides such as
+    ``hfsc=True`` would otherwise re-enable binary-only extras on the FP
+    model). Everything else (widths, depths, heads, input size) is unchanged.
+
+    Raises:
+        ValueError: if the config has no ``preset`` key at all, i.e. it is
+            already an FP config of stock mmseg modules and has no binary
+            counterpart to derive from (pass the FP config explicitly).
+    """
+    cfg = load_config(config)
+    if not _has_key(cfg.get('model', {}), 'preset'):
+        raise ValueError(
+            'the config sets no "preset" anywhere under `model`, so its FP '
+            'counterpart cannot be derived; pass the FP config explicitly '
+            '(--vs CONFIG)')
+    cfg.model = _to_fp(cfg.model)
+    return cfg
+
+
+def strip_training_only(model_cfg: dict) -> dict:
+    """Drop the distillation teacher from a segmentor config.
+
+    ``DistillEncoderDecoder`` becomes ``BinaryEncoderDecoder`` (its parent):
+    the teacher only runs at training time and loads a checkpoint, so it is
+    not part of the model whose efficiency is measured.
+    """
+    model_cfg = copy.deepcopy(model_cfg)
+    if model_cfg.get('type') == 'DistillEncoderDecoder':
+        model_cfg['type'] = 'BinaryEncoderDecoder'
+        for key in _DISTILL_KEYS:
+            model_cfg.pop(key, None)
+    return model_cfg
+
+
+def _drop_pretrained(node: Any) -> Any:
+    """Remove ``init_cfg`` of type Pretrained (no checkpoint is loaded)."""
+    if isinstance(node, dict):
+        out = ConfigDict() if isinstance(node, ConfigDict) else type(node)()
+        for key, value in node.items():
+            if (key == 'init_cfg' and isinstance(value, dict)
+                    and value.get('type') == 'Pretrained'):
+                out[key] = None
+            elif key == 'pretrained' and isinstance(value, str):
+                out[key] = None
+            else:
+                out[key] = _drop_pretrained(value)
+        return out
+    if isinstance(node, (list, tuple)):
+        return type(node)(_drop_pretrained(v) for v in node)
+    return node
+
+
+def build_segmentor(config: Union[str, Config, dict],
+                    keep_pretrained: bool = False,
+                    device: Optional[str] = None) -> nn.Module:
+    """Build the model of a config for analysis (no weights are loaded).
+
+    SyncBN is reverted to BN (single process), the distillation teacher is
+    dropped (:func:`strip_training_only`) and, unless ``keep_pretrained``,
+    ``Pretrained`` init configs are removed so that no checkpoint is needed.
+    Weights are the constructors' initialisation; ``init_weights`` is not
+    called.
+
+    Args:
+        config: config path, Config or dict with a ``model`` key.
+        keep_pretrained: keep ``init_cfg`` pretrained entries.
+        device: move the model there (default: stay on CPU).
+    """
+    import mmseg_didb  # noqa: F401  (registers the plugin modules)
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    cfg = load_config(config)
+    if 'model' not in cfg:
+        raise KeyError('the config has no `model` entry to build')
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    model_cfg = strip_training_only(cfg.model)
+    if not keep_pretrained:
+        model_cfg = _drop_pretrained(model_cfg)
+    model = MODELS.build(model_cfg)
+    model = revert_sync_batchnorm(model)
+    if device is not None:
+        model = model.to(device)
+    return model

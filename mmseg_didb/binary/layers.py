@@ -1,0 +1,370 @@
+"""Binary linear/conv layers and the binary unit built from them.
+
+* :class:`BinaryLinear`, :class:`BinaryConv2d`: ``nn.Linear`` / ``nn.Conv2d``
+  taking a weight and an input quantizer (Larq-style ``kernel_quantizer`` /
+  ``input_quantizer``). With no quantizers, or with them disabled, they are
+  exactly the FP layers.
+* :class:`ChannelShortcut`: FP shortcut between widths: identity, channel
+  repeat (widening) or channel-group average (narrowing).
+* :class:`BinaryLinearUnit`: ``y = act(norm(BinaryLinear(q(x))) + shortcut(x))``
+  on tokens, the block of BinaryViT (Le & Li, CVPRW 2023) and DIDB-ViT
+  (Gao et al. 2025) used for q, k, v, proj, fc1, fc2 and patch merging.
+* :class:`BinaryConvUnit`: ``y = act(norm(BinaryConv2d(q(x))) + bypass(x))``
+  on maps, the binary conv block of BiDense (CFB, arXiv 2411.10346).
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .presets import BinaryPreset, resolve_preset
+from .quantizers import (ActivationQuantizer, WeightQuantizer,
+                         build_act_quantizer, build_weight_quantizer)
+from .rprelu import TokenRPReLU
+
+__all__ = [
+    'BinaryLinear', 'BinaryConv2d', 'ChannelShortcut', 'TokenNorm',
+    'BinaryLinearUnit', 'ConvBypass', 'BinaryConvUnit'
+]
+
+QuantizerArg = Optional[Union[nn.Module, str]]
+PresetArg = Union[str, BinaryPreset, dict]
+
+
+def _check_quantizer(q: QuantizerArg, kind: str, what: str) -> None:
+    if q is None:
+        return
+    if not isinstance(q, nn.Module) or getattr(q, 'kind', kind) != kind:
+        raise TypeError(f'{what} must be an nn.Module quantizer of kind '
+                        f'{kind!r} (or a name), got {q!r}')
+
+
+class _BinaryMixin:
+    """Shared quantizer handling of :class:`BinaryLinear` and :class:`BinaryConv2d`."""
+    weight: nn.Parameter
+    weight_quantizer: Optional[nn.Module]
+    input_quantizer: Optional[nn.Module]
+
+    def _init_quantizers(self, weight_quantizer: QuantizerArg,
+                         input_quantizer: QuantizerArg, in_channels: int,
+                         channel_dim: int,
+                         preset: Optional[PresetArg]) -> None:
+        if preset is not None:
+            p = resolve_preset(preset)
+            weight_quantizer = (p.weight if weight_quantizer is None else
+                                weight_quantizer)
+            input_quantizer = (p.act if input_quantizer is None else
+                               input_quantizer)
+        if isinstance(weight_quantizer, str):
+            weight_quantizer = build_weight_quantizer(weight_quantizer)
+        if isinstance(input_quantizer, str):
+            input_quantizer = build_act_quantizer(input_quantizer, in_channels,
+                                                  channel_dim)
+        _check_quantizer(weight_quantizer, 'weight', 'weight_quantizer')
+        _check_quantizer(input_quantizer, 'activation', 'input_quantizer')
+        if weight_quantizer is not None and hasattr(weight_quantizer, 'setup'):
+            weight_quantizer.setup(self.weight)  # e.g. PWS per-row alpha
+        self.weight_quantizer = weight_quantizer
+        self.input_quantizer = input_quantizer
+
+    def quantized_weight(self) -> Tensor:
+        """The weight used in the forward pass (binary when enabled)."""
+        if self.weight_quantizer is None:
+            return self.weight
+        return self.weight_quantizer(self.weight)
+
+    def quantized_input(self, x: Tensor) -> Tensor:
+        if self.input_quantizer is None:
+            return x
+        return self.input_quantizer(x)
+
+
+class BinaryLinear(_BinaryMixin, nn.Linear):
+    """``nn.Linear`` with a weight and an input quantizer.
+
+    ``y = q_in(x) @ q_w(W)^T + b``. Larq-style: the quantizers are objects
+    (:mod:`mmseg_didb.binary.quantizers`) or names ('react', 'rsign', ...);
+    None means FP. With both None or disabled it equals ``nn.Linear`` exactly.
+
+    Args:
+        in_features: input width.
+        out_features: output width.
+        bias: learnable bias.
+        weight_quantizer: weight quantizer (kind 'weight'), name or None.
+        input_quantizer: activation quantizer (kind 'activation') acting on the
+            last dim, name or None.
+        preset: optional preset (name/object) filling quantizers left None.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 weight_quantizer: QuantizerArg = None,
+                 input_quantizer: QuantizerArg = None,
+                 preset: Optional[PresetArg] = None, device=None,
+                 dtype=None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device,
+                         dtype=dtype)
+        self._init_quantizers(weight_quantizer, input_quantizer, in_features,
+                              -1, preset)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.quantized_input(x), self.quantized_weight(),
+                        self.bias)
+
+
+class BinaryConv2d(_BinaryMixin, nn.Conv2d):
+    """``nn.Conv2d`` with a weight and an input quantizer.
+
+    Same contract as :class:`BinaryLinear`; the input quantizer acts on the
+    channel axis 1 and weight rows are output channels. Registered in mmengine's
+    root ``MODELS`` by :mod:`mmseg_didb.models`, so mmcv's
+    ``ConvModule(conv_cfg=dict(type='BinaryConv2d', preset='react'))`` builds
+    it. Note: zero padding pads the *binarized* input with 0 (not +-1), as in
+    ReActNet / BiDense.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: Union[int, Tuple[int, int]],
+                 stride: Union[int, Tuple[int, int]] = 1,
+                 padding: Union[int, Tuple[int, int], str] = 0,
+                 dilation: Union[int, Tuple[int, int]] = 1, groups: int = 1,
+                 bias: bool = True, weight_quantizer: QuantizerArg = None,
+                 input_quantizer: QuantizerArg = None,
+                 preset: Optional[PresetArg] = None,
+                 padding_mode: str = 'zeros', device=None, dtype=None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         padding=padding, dilation=dilation, groups=groups,
+                         bias=bias, padding_mode=padding_mode, device=device,
+                         dtype=dtype)
+        self._init_quantizers(weight_quantizer, input_quantizer, in_channels,
+                              1, preset)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.quantized_input(x),
+                                  self.quantized_weight(), self.bias)
+
+
+class ChannelShortcut(nn.Module):
+    """FP shortcut between channel widths (BinaryViT-Le, BiDense CFB bypass).
+
+    * ``in == out``: identity.
+    * ``out = k * in``: repeat (tile) the channels k times, channel j of the
+      output is input channel ``j mod in``.
+    * ``in = k * out``: average the k channels ``{j, j + out, ...}`` (the
+      inverse of the tiling, so ``average(repeat(x)) == x``).
+
+    Args:
+        in_channels: input width.
+        out_channels: output width.
+        channel_dim: channel axis (-1 tokens, 1 maps).
+
+    Raises:
+        ValueError: when neither width divides the other.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 channel_dim: int = -1) -> None:
+        super().__init__()
+        if in_channels == out_channels:
+            self.mode = 'identity'
+        elif out_channels % in_channels == 0:
+            self.mode = 'repeat'
+        elif in_channels % out_channels == 0:
+            self.mode = 'average'
+        else:
+            raise ValueError(
+                f'ChannelShortcut needs one width to divide the other, got '
+                f'in={in_channels}, out={out_channels}; use shortcut=False or '
+                'widths that are multiples')
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.channel_dim = channel_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        dim = self.channel_dim % x.dim()
+        if x.shape[dim] != self.in_channels:
+            raise ValueError(f'ChannelShortcut expects {self.in_channels} '
+                             f'channels on dim {self.channel_dim}, got shape '
+                             f'{tuple(x.shape)}')
+        if self.mode == 'identity':
+            return x
+        if self.mode == 'repeat':
+            reps = [1] * x.dim()
+            reps[dim] = self.out_channels // self.in_channels
+            return x.repeat(reps)
+        k = self.in_channels // self.out_channels
+        shape = list(x.shape)
+        shape[dim:dim + 1] = [k, self.out_channels]
+        return x.reshape(shape).mean(dim=dim)
+
+    def extra_repr(self) -> str:
+        return (f'{self.in_channels}, {self.out_channels}, mode={self.mode}, '
+                f'channel_dim={self.channel_dim}')
+
+
+class TokenNorm(nn.BatchNorm1d):
+    """BatchNorm over tokens: normalises the C channels of (B, N, C) input.
+
+    The BinaryViT-Le option of BatchNorm in place of LayerNorm in binary units.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3:
+            return super().forward(x)
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+def _build_norm(kind: str, channels: int) -> nn.Module:
+    if kind == 'ln':
+        return nn.LayerNorm(channels)
+    if kind == 'bn':
+        return TokenNorm(channels)
+    raise ValueError(f"norm must be 'ln' or 'bn', got {kind!r}")
+
+
+class BinaryLinearUnit(nn.Module):
+    """Binary linear unit ``y = act(norm(BinaryLinear(q(x))) + shortcut(x))``.
+
+    The unit of BinaryViT (Le & Li, CVPRW 2023) as used throughout DIDB-ViT
+    (Gao et al. 2025): the activation shift (RSign bias / ASM / ...) lives in
+    the input quantizer of ``linear``; the shortcut is FP and taken from the
+    unquantized input; the activation is (Token) RPReLU or PReLU from the
+    preset. When ``preset.unit`` is False (the 'fp' preset) the unit is exactly
+    ``linear`` with no norm, shortcut or activation, so the FP topology equals
+    timm's.
+
+    Args:
+        in_features: input width.
+        out_features: output width.
+        preset: preset name / object / dict.
+        bias: bias of ``linear``.
+        shortcut: add the FP channel shortcut.
+        activation: close with the preset activation (else identity).
+        ref_grid: reference token grid for Token RPReLU.
+        num_extra_tokens: leading CLS-like tokens for Token RPReLU.
+
+    Submodules: ``linear`` (:class:`BinaryLinear`), ``norm``, ``shortcut``,
+    ``act`` (the last three are None in the FP topology; ``shortcut`` is None
+    when disabled).
+    """
+
+    def __init__(self, in_features: int, out_features: int,
+                 preset: PresetArg, bias: bool = True, shortcut: bool = True,
+                 activation: bool = True,
+                 ref_grid: Optional[Sequence[int]] = None,
+                 num_extra_tokens: int = 0) -> None:
+        super().__init__()
+        self.preset = resolve_preset(preset)
+        p = self.preset
+        self.in_features = in_features
+        self.out_features = out_features
+        self.linear = BinaryLinear(in_features, out_features, bias=bias,
+                                   weight_quantizer=p.weight_quantizer(),
+                                   input_quantizer=p.act_quantizer(
+                                       in_features, -1))
+        if not p.unit:
+            self.norm = self.shortcut = self.act = None
+            return
+        self.norm = _build_norm(p.norm, out_features)
+        self.shortcut = (ChannelShortcut(in_features, out_features, -1)
+                         if shortcut else None)
+        self.act = (p.unit_activation(out_features, ref_grid,
+                                      num_extra_tokens, -1)
+                    if activation else nn.Identity())
+
+    def forward(self, x: Tensor,
+                hw: Optional[Sequence[int]] = None) -> Tensor:
+        """Apply to tokens ``x`` (B, N, C); ``hw`` is the token grid (H, W)."""
+        y = self.linear(x)
+        if self.norm is None:
+            return y
+        y = self.norm(y)
+        if self.shortcut is not None:
+            y = y + self.shortcut(x)
+        if isinstance(self.act, TokenRPReLU):
+            return self.act(y, hw)
+        return self.act(y)
+
+
+class ConvBypass(nn.Module):
+    """FP bypass of :class:`BinaryConvUnit`: average-pool for stride > 1, then
+    a :class:`ChannelShortcut` on the channel axis (BiDense CFB bypass)."""
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 stride: int = 1) -> None:
+        super().__init__()
+        self.pool = (nn.AvgPool2d(stride, stride, ceil_mode=True,
+                                  count_include_pad=False)
+                     if stride > 1 else nn.Identity())
+        self.channels = ChannelShortcut(in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.channels(self.pool(x))
+
+
+class BinaryConvUnit(nn.Module):
+    """Binary conv unit ``y = act(norm(BinaryConv2d(q(x))) + bypass(x))``.
+
+    BiDense's CFB (arXiv 2411.10346) with the preset's binarizers: the
+    activation shift is in the input quantizer of ``conv``; ``bypass`` is FP
+    (average-pool when strided, channel repeat / group average between widths).
+    When ``preset.unit`` is False (the 'fp' preset) there is no bypass and the
+    default activation is ReLU, i.e. mmcv ``ConvModule``'s conv-norm-act.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: conv kernel size.
+        preset: preset name / object / dict.
+        stride: conv stride (the bypass pools with the same stride).
+        padding: conv padding.
+        dilation: conv dilation.
+        norm: norm module (default ``BatchNorm2d(out_channels)``).
+        act: activation module (default: the preset unit activation on
+            channel axis 1; ReLU for the FP topology).
+        bypass: add the FP bypass.
+        groups: conv groups.
+        bias: conv bias (default False: a norm follows).
+
+    Submodules: ``conv``, ``norm``, ``bypass`` (None when off), ``act``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: Union[int, Tuple[int, int]], preset: PresetArg,
+                 stride: int = 1, padding: Union[int, Tuple[int, int]] = 0,
+                 dilation: Union[int, Tuple[int, int]] = 1,
+                 norm: Optional[nn.Module] = None,
+                 act: Optional[nn.Module] = None, bypass: bool = True,
+                 groups: int = 1, bias: bool = False) -> None:
+        super().__init__()
+        self.preset = resolve_preset(preset)
+        p = self.preset
+        if not isinstance(stride, int):
+            raise TypeError(f'BinaryConvUnit stride must be an int, got '
+                            f'{stride!r}')
+        self.conv = BinaryConv2d(in_channels, out_channels, kernel_size,
+                                 stride=stride, padding=padding,
+                                 dilation=dilation, groups=groups, bias=bias,
+                                 weight_quantizer=p.weight_quantizer(),
+                                 input_quantizer=p.act_quantizer(
+                                     in_channels, 1))
+        self.norm = norm if norm is not None else nn.BatchNorm2d(out_channels)
+        if act is None:
+            act = (p.unit_activation(out_channels, channel_dim=1)
+                   if p.unit else nn.ReLU(inplace=False))
+        self.act = act
+        self.bypass = (ConvBypass(in_channels, out_channels, stride)
+                       if bypass and p.unit else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm(self.conv(x))
+        if self.bypass is not None:
+            b = self.bypass(x)
+            if b.shape[-2:] != y.shape[-2:]:
+                raise ValueError(
+                    f'BinaryConvUnit bypass gives {tuple(b.shape[-2:])} but '
+                    f'the conv gives {tuple(y.shape[-2:])}; use "same" padding '
+                    '(padding = dilation * (kernel_size - 1) // 2) or '
+                    'bypass=False')
+            y = y + b
+        return self.act(y)

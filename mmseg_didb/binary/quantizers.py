@@ -1,0 +1,617 @@
+"""1-bit quantizers for weights, activations and attention probabilities.
+
+Every quantizer is an :class:`torch.nn.Module` with a class attribute ``kind``
+(``'weight'``, ``'activation'`` or ``'attention'``) and an instance flag
+``enabled``. A disabled quantizer returns its input unchanged, so a layer whose
+quantizers are all disabled is exactly its floating-point counterpart
+(two-stage training, FP-equivalence tests; see :mod:`mmseg_didb.binary.switch`).
+
+Each equation lives in one place here:
+
+* Activations: :class:`SignSTE` (BNN, Hubara et al. 2016, clipped STE),
+  :class:`ApproxSign` (Bi-Real Net, Liu et al. ECCV 2018, Eq. 5),
+  :class:`RSign` (ReActNet, Liu et al. ECCV 2020, Eq. 3),
+  :class:`ElasticSign` (BiT, Liu et al. NeurIPS 2022, elastic binarization,
+  Eq. 6-8) and :class:`ASMSign` (BinaryViT, Xiao et al. 2023, activation shift
+  module; *reconstruction*, the formula is not public).
+* Weights: :class:`SignWeight` (ReActNet / Bi-Real per-output-channel scale),
+  :class:`ReActWeight` (BinaryViT, Le & Li CVPRW 2023, row-centred),
+  :class:`BWNWeight` (BiT, per-tensor binary-weight network) and
+  :class:`PWSWeight` (BiViT, He et al. ICCV 2023, learnable per-row scale).
+* Attention probabilities: :class:`ElasticUnsigned` (BiT, {0, alpha} with an
+  LSQ gradient for alpha) and :class:`SAB` (BiViT softmax-aware binarization).
+
+``sign(0)`` is ``+1`` everywhere, so binary tensors never contain 0.
+
+Mixed precision: inputs keep their dtype (learnable shifts and scales are cast to
+the input dtype), while reductions that feed a gradient of a scalar parameter
+(LSQ sums) are accumulated in float32.
+"""
+import math
+from typing import Callable, ClassVar, Dict, Optional, Tuple, Type
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    'BinaryQuantizer', 'ActivationQuantizer', 'WeightQuantizer',
+    'AttentionQuantizer', 'sign', 'SignSTE', 'ApproxSign', 'RSign',
+    'ElasticSign', 'ASMSign', 'SignWeight', 'ReActWeight', 'BWNWeight',
+    'PWSWeight', 'ElasticUnsigned', 'SAB', 'WEIGHT_QUANTIZERS',
+    'ACT_QUANTIZERS', 'ATTN_QUANTIZERS', 'build_weight_quantizer',
+    'build_act_quantizer', 'build_attn_quantizer'
+]
+
+_EPS = 1e-5  # lower bound of learnable scales (BiT clamps alpha the same way)
+
+
+def sign(x: Tensor) -> Tensor:
+    """Sign with ``sign(0) = +1``, in the dtype of ``x`` (values in {-1, +1})."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+# --------------------------------------------------------------------------
+# autograd functions (forward: exact binary values; backward: surrogate)
+# --------------------------------------------------------------------------
+class _SignClippedSTE(torch.autograd.Function):
+    """sign(x); backward grad * 1[|x| <= 1] (BNN clipped straight-through)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        x, = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+class _SignApprox(torch.autograd.Function):
+    """sign(x); backward grad * (2 - 2|x|) on |x| <= 1, else 0 (Bi-Real Eq. 5).
+
+    This is the derivative of the piecewise polynomial ApproxSign
+    (2x + x^2 on [-1, 0), 2x - x^2 on [0, 1], +-1 outside).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        x, = ctx.saved_tensors
+        return grad * (2 - 2 * x.abs()).clamp_min(0).to(grad.dtype)
+
+
+class _ElasticSignFn(torch.autograd.Function):
+    """BiT signed elastic binarizer: alpha * sign(x) with LSQ gradients.
+
+    grad_x = grad * 1[|x / alpha| <= 1];
+    grad_alpha = sum(sign(x) * grad) / sqrt(N), N = x.numel()
+    (BiT NeurIPS 2022, Eq. 8; LSQ gradient scale with Q_p = 1).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor) -> Tensor:
+        alpha_c = alpha.clamp_min(_EPS)
+        ctx.save_for_backward(x, alpha_c)
+        return sign(x) * alpha_c.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Tensor, Tensor]:
+        x, alpha = ctx.saved_tensors
+        q = x.float() / alpha
+        grad_x = grad * (q.abs() <= 1).to(grad.dtype)
+        grad_alpha = (sign(x).float() * grad.float()).sum() / math.sqrt(
+            x.numel())
+        return grad_x, grad_alpha.reshape(alpha.shape).to(alpha.dtype)
+
+
+class _ElasticUnsignedFn(torch.autograd.Function):
+    """BiT unsigned elastic binarizer: alpha * clamp(round(A / alpha), 0, 1).
+
+    With q = A / alpha: grad_A = grad * 1[0 <= q <= 1];
+    grad_alpha = sum(((round(q) - q) * 1[0 <= q <= 1] + 1[q > 1]) * grad)
+    / sqrt(N) (BiT Eq. 8 with Q_n = 0, Q_p = 1; LSQ, Esser et al. ICLR 2020).
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, alpha: Tensor) -> Tensor:
+        alpha_c = alpha.clamp_min(_EPS)
+        ctx.save_for_backward(a, alpha_c)
+        q = a.float() / alpha_c
+        return (q.round().clamp(0, 1) * alpha_c).to(a.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Tensor, Tensor]:
+        a, alpha = ctx.saved_tensors
+        q = a.float() / alpha
+        mid = ((q >= 0) & (q <= 1)).float()
+        big = (q > 1).float()
+        grad_a = grad * mid.to(grad.dtype)
+        grad_alpha = (((q.round() - q) * mid + big) * grad.float()).sum()
+        grad_alpha = grad_alpha / math.sqrt(a.numel())
+        return grad_a, grad_alpha.reshape(alpha.shape).to(alpha.dtype)
+
+
+class _ScaledSignSTE(torch.autograd.Function):
+    """scale * sign(w); straight-through backward for weights.
+
+    grad_w = grad * 1[|w| <= clip] (identity when ``clip`` is None);
+    grad_scale = sum over broadcast dims of grad * sign(w) (only used when the
+    scale is learnable, BiViT PWS).
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, scale: Tensor, clip: Optional[float]) -> Tensor:
+        ctx.save_for_backward(w, scale)
+        ctx.clip = clip
+        return sign(w) * scale.to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        w, scale = ctx.saved_tensors
+        if ctx.clip is None:
+            grad_w = grad
+        else:
+            grad_w = grad * (w.abs() <= ctx.clip).to(grad.dtype)
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            grad_scale = (sign(w) * grad).float().sum_to_size(
+                scale.shape).to(scale.dtype)
+        return grad_w, grad_scale, None
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward a given (binary) tensor, backward the identity to ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, value: Tensor) -> Tensor:
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
+
+
+# --------------------------------------------------------------------------
+# base classes
+# --------------------------------------------------------------------------
+class BinaryQuantizer(nn.Module):
+    """Base class: ``forward`` returns ``quantize(x)`` when enabled, else ``x``.
+
+    Attributes:
+        kind: ``'weight'``, ``'activation'`` or ``'attention'`` (used by
+            :func:`mmseg_didb.binary.switch.set_binarization`).
+        enabled: when False the quantizer is the identity.
+    """
+    kind: ClassVar[str] = ''
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled: bool = True
+
+    def quantize(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return x
+        return self.quantize(x)
+
+    def extra_repr(self) -> str:
+        return f'enabled={self.enabled}'
+
+
+class ActivationQuantizer(BinaryQuantizer):
+    """Activation binarizer with optional per-channel parameters.
+
+    Args:
+        num_channels: channel count (required by subclasses with per-channel
+            parameters).
+        channel_dim: axis of the channels: -1 for tokens (B, N, C), 1 for
+            feature maps (B, C, H, W).
+    """
+    kind: ClassVar[str] = 'activation'
+    needs_channels: ClassVar[bool] = False
+
+    def __init__(self, num_channels: Optional[int] = None,
+                 channel_dim: int = -1) -> None:
+        super().__init__()
+        if self.needs_channels and (num_channels is None or num_channels < 1):
+            raise ValueError(f'{type(self).__name__} needs num_channels (a '
+                             f'positive int), got {num_channels!r}')
+        self.num_channels = num_channels
+        self.channel_dim = channel_dim
+
+    def _per_channel(self, p: Tensor, x: Tensor) -> Tensor:
+        """Reshape a (C,) parameter to broadcast against ``x`` on channel_dim."""
+        dim = self.channel_dim % x.dim()
+        if x.shape[dim] != p.numel():
+            raise ValueError(
+                f'{type(self).__name__}: input has {x.shape[dim]} channels on '
+                f'dim {self.channel_dim} (shape {tuple(x.shape)}) but was '
+                f'built for {p.numel()}; check num_channels/channel_dim')
+        shape = [1] * x.dim()
+        shape[dim] = p.numel()
+        return p.to(x.dtype).reshape(shape)
+
+    def extra_repr(self) -> str:
+        return (f'num_channels={self.num_channels}, channel_dim='
+                f'{self.channel_dim}, enabled={self.enabled}')
+
+
+class WeightQuantizer(BinaryQuantizer):
+    """Weight binarizer; rows are dim 0 (output features / output channels).
+
+    Subclasses define :meth:`latent` (the tensor whose sign is taken) and
+    :meth:`scale` (the factor a_r, broadcastable to the weight), which are also
+    used by the GRS regulariser and the packed export.
+    """
+    kind: ClassVar[str] = 'weight'
+
+    @staticmethod
+    def _row_dims(w: Tensor) -> Tuple[int, ...]:
+        return tuple(range(1, w.dim()))
+
+    def latent(self, w: Tensor) -> Tensor:
+        """Tensor whose sign gives the binary weight (W or a centred W)."""
+        return w
+
+    def scale(self, w: Tensor) -> Tensor:
+        """Scale a_r of the binary weight, broadcastable to ``w``."""
+        raise NotImplementedError
+
+
+class AttentionQuantizer(BinaryQuantizer):
+    """Binarizer of attention probabilities (softmax outputs)."""
+    kind: ClassVar[str] = 'attention'
+
+
+# --------------------------------------------------------------------------
+# activation binarizers
+# --------------------------------------------------------------------------
+class SignSTE(ActivationQuantizer):
+    """sign(x) with the clipped straight-through estimator.
+
+    Forward ``sign(x)`` in {-1, +1}; backward ``grad * 1[|x| <= 1]``
+    (BNN, Hubara et al. NeurIPS 2016, Eq. 4).
+    """
+
+    def quantize(self, x: Tensor) -> Tensor:
+        return _SignClippedSTE.apply(x)
+
+
+class ApproxSign(ActivationQuantizer):
+    """sign(x) with the Bi-Real ApproxSign backward.
+
+    Forward ``sign(x)``; backward ``grad * (2 - 2|x|)`` on ``|x| <= 1``, else 0
+    (Bi-Real Net, Liu et al. ECCV 2018, Eq. 5).
+    """
+
+    def quantize(self, x: Tensor) -> Tensor:
+        return _SignApprox.apply(x)
+
+
+class RSign(ActivationQuantizer):
+    """ReAct-Sign: ``sign(x + b_c)``, learnable per-channel shift, init 0.
+
+    ReActNet (Liu et al. ECCV 2020), Eq. 3 (written there as x - alpha_c);
+    backward of the sign is ApproxSign (Bi-Real, Eq. 5).
+
+    Args:
+        num_channels: number of channels C.
+        channel_dim: channel axis (-1 tokens, 1 maps).
+    """
+    needs_channels = True
+
+    def __init__(self, num_channels: int, channel_dim: int = -1) -> None:
+        super().__init__(num_channels, channel_dim)
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def quantize(self, x: Tensor) -> Tensor:
+        return _SignApprox.apply(x + self._per_channel(self.bias, x))
+
+
+class ElasticSign(ActivationQuantizer):
+    """BiT elastic signed binarizer: ``alpha * sign(x + b_c)``.
+
+    BiT (Liu et al. NeurIPS 2022), Eq. 6-8: ``alpha`` is one learnable scalar per
+    layer, initialised lazily on the first enabled call to ``2 * mean|x + b|``
+    (BiT's ``AlphaInit`` for 1 bit); ``b_c`` is a learnable per-channel shift
+    (init 0). Gradients: ``grad_x = grad * 1[|x'/alpha| <= 1]`` and the LSQ
+    gradient ``grad_alpha = sum(sign(x') * grad) / sqrt(N)`` with x' = x + b.
+    Output values are {-alpha, +alpha}.
+    """
+    needs_channels = True
+
+    def __init__(self, num_channels: int, channel_dim: int = -1) -> None:
+        super().__init__(num_channels, channel_dim)
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.alpha = nn.Parameter(torch.ones(1))
+        # a buffer (not a Python flag) so a loaded checkpoint is not re-inited
+        self.register_buffer('initialized', torch.zeros((), dtype=torch.uint8))
+
+    @torch.no_grad()
+    def _lazy_init(self, x: Tensor) -> None:
+        self.alpha.fill_(max(2 * x.detach().float().abs().mean().item(), _EPS))
+        self.initialized.fill_(1)
+
+    def quantize(self, x: Tensor) -> Tensor:
+        x = x + self._per_channel(self.bias, x)
+        if not bool(self.initialized):
+            self._lazy_init(x)
+        return _ElasticSignFn.apply(x, self.alpha)
+
+
+class ASMSign(ActivationQuantizer):
+    """Activation shift module + sign (BinaryViT, Xiao et al. 2023).
+
+    ``x' = x - (b_c + k_c * mean_tokens(x))`` then ``sign(x')`` with ApproxSign
+    backward. The mean runs over every axis except the batch (0) and the channel
+    axis: tokens for (B, N, C), H and W for (B, C, H, W).
+
+    Reconstruction: Xiao et al. describe ASM as a static plus dynamic
+    per-channel shift but publish no formula; this form follows BiDense's DAB
+    shift. ``b`` and ``k`` start at 0 (so it starts as RSign); the statistic is
+    detached by default (as in BiDense), ``detach_stats=False`` lets gradients
+    flow through the mean.
+    """
+    needs_channels = True
+
+    def __init__(self, num_channels: int, channel_dim: int = -1,
+                 detach_stats: bool = True) -> None:
+        super().__init__(num_channels, channel_dim)
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.k = nn.Parameter(torch.zeros(num_channels))
+        self.detach_stats = detach_stats
+
+    def shift(self, x: Tensor) -> Tensor:
+        """The per-sample, per-channel shift b_c + k_c * mean_tokens(x)."""
+        dim = self.channel_dim % x.dim()
+        red = [d for d in range(1, x.dim()) if d != dim]
+        mean = x.mean(dim=red, keepdim=True) if red else x
+        if self.detach_stats:
+            mean = mean.detach()
+        return self._per_channel(self.bias, x) + self._per_channel(
+            self.k, x) * mean
+
+    def quantize(self, x: Tensor) -> Tensor:
+        return _SignApprox.apply(x - self.shift(x))
+
+
+# --------------------------------------------------------------------------
+# weight binarizers
+# --------------------------------------------------------------------------
+class SignWeight(WeightQuantizer):
+    """``a_r * sign(W)``, a_r = mean|W| over all dims but 0 (detached).
+
+    Backward: straight-through via ``clamp(W, -1, 1)``, i.e.
+    ``grad_W = grad * 1[|W| <= 1]`` (ReActNet / Bi-Real official code; XNOR-Net
+    scale, Rastegari et al. ECCV 2016, Eq. 4).
+    """
+
+    def scale(self, w: Tensor) -> Tensor:
+        return w.detach().abs().mean(dim=self._row_dims(w), keepdim=True)
+
+    def quantize(self, w: Tensor) -> Tensor:
+        return _ScaledSignSTE.apply(w, self.scale(w), 1.0)
+
+
+class ReActWeight(WeightQuantizer):
+    """Row-centred weight binarizer ("react-centered", the default).
+
+    ``Wc = W - rowmean(W)``; ``Wb = a_r * sign(Wc)`` with
+    ``a_r = rowmean(|W|)`` of the *un-centred* W, detached; backward
+    straight-through via ``clamp(Wc, -1, 1)``, and through the (differentiable)
+    centring: ``grad_W = m - rowmean(m)``, ``m = grad * 1[|Wc| <= 1]``
+    (BinaryViT, Le & Li CVPRW 2023, ``QuantizeLinear``).
+
+    Args:
+        center: subtract the row mean before the sign (False gives
+            :class:`SignWeight`).
+    """
+
+    def __init__(self, center: bool = True) -> None:
+        super().__init__()
+        self.center = center
+
+    def latent(self, w: Tensor) -> Tensor:
+        if not self.center:
+            return w
+        return w - w.mean(dim=self._row_dims(w), keepdim=True)
+
+    def scale(self, w: Tensor) -> Tensor:
+        return w.detach().abs().mean(dim=self._row_dims(w), keepdim=True)
+
+    def quantize(self, w: Tensor) -> Tensor:
+        return _ScaledSignSTE.apply(self.latent(w), self.scale(w), 1.0)
+
+    def extra_repr(self) -> str:
+        return f'center={self.center}, enabled={self.enabled}'
+
+
+class BWNWeight(WeightQuantizer):
+    """Per-tensor binary-weight network: ``mean|W| * sign(W - mean(W))``.
+
+    BiT (Liu et al. NeurIPS 2022) ``BwnQuantizer``: one scale per tensor from
+    the un-centred weight; identity straight-through backward
+    (``grad_W = grad``).
+    """
+
+    def latent(self, w: Tensor) -> Tensor:
+        return w - w.mean()
+
+    def scale(self, w: Tensor) -> Tensor:
+        return w.detach().abs().mean().reshape([1] * w.dim())
+
+    def quantize(self, w: Tensor) -> Tensor:
+        return _ScaledSignSTE.apply(self.latent(w).detach() + (w - w.detach()),
+                                    self.scale(w), None)
+
+
+class PWSWeight(WeightQuantizer):
+    """Learnable per-row scale: ``alpha_r * sign(W - rowmean(W))`` (BiViT PWS).
+
+    BiViT (He et al. ICCV 2023): ``alpha`` (one per output row) is a parameter,
+    initialised to ``rowmean(|W|)`` on the first enabled call. Gradients:
+    ``grad_alpha_r = sum_row(grad * sign(Wc))``; W gets the straight-through
+    gradient via ``clamp(Wc, -1, 1)`` as in :class:`ReActWeight`.
+
+    Args:
+        out_channels: number of rows. May be None when the quantizer is handed
+            to :class:`BinaryLinear` / :class:`BinaryConv2d`, which call
+            :meth:`setup` with their weight.
+    """
+
+    def __init__(self, out_channels: Optional[int] = None) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.register_parameter('alpha', None)
+        if out_channels is not None:
+            self.alpha = nn.Parameter(torch.ones(out_channels))
+        self.register_buffer('initialized', torch.zeros((), dtype=torch.uint8))
+
+    def setup(self, weight: Tensor) -> None:
+        """Create ``alpha`` for ``weight`` (called by the binary layers)."""
+        rows = weight.shape[0]
+        if self.alpha is None:
+            self.out_channels = rows
+            self.alpha = nn.Parameter(
+                torch.ones(rows, device=weight.device, dtype=weight.dtype))
+        elif self.alpha.numel() != rows:
+            raise ValueError(f'PWSWeight built for {self.alpha.numel()} rows '
+                             f'but the weight has {rows}')
+
+    def latent(self, w: Tensor) -> Tensor:
+        return w - w.mean(dim=self._row_dims(w), keepdim=True)
+
+    def scale(self, w: Tensor) -> Tensor:
+        if self.alpha is None:
+            self.setup(w)
+        return self.alpha.reshape([-1] + [1] * (w.dim() - 1))
+
+    def quantize(self, w: Tensor) -> Tensor:
+        if self.alpha is None:
+            raise RuntimeError('PWSWeight has no alpha: pass out_channels or '
+                               'use it inside BinaryLinear/BinaryConv2d')
+        if not bool(self.initialized):
+            with torch.no_grad():
+                self.alpha.copy_(w.detach().abs().mean(
+                    dim=self._row_dims(w)).to(self.alpha.dtype))
+                self.initialized.fill_(1)
+        return _ScaledSignSTE.apply(self.latent(w), self.scale(w), 1.0)
+
+    def extra_repr(self) -> str:
+        return f'out_channels={self.out_channels}, enabled={self.enabled}'
+
+
+# --------------------------------------------------------------------------
+# attention-probability binarizers
+# --------------------------------------------------------------------------
+class ElasticUnsigned(AttentionQuantizer):
+    """BiT unsigned elastic binarizer ``alpha * clamp(round(A / alpha), 0, 1)``.
+
+    BiT (Liu et al. NeurIPS 2022, Eq. 6-8, Q_n = 0, Q_p = 1) for attention
+    probabilities, values {0, alpha}; ``alpha`` is a learnable scalar per layer
+    (init 0.005 as in BinaryViT-Le). Gradients, q = A / alpha:
+    ``grad_A = grad * 1[0 <= q <= 1]``,
+    ``grad_alpha = sum(((round(q) - q) 1[0 <= q <= 1] + 1[q > 1]) grad) / sqrt(N)``.
+
+    Args:
+        init: initial alpha.
+    """
+
+    def __init__(self, init: float = 0.005) -> None:
+        super().__init__()
+        if init <= 0:
+            raise ValueError(f'ElasticUnsigned init must be > 0, got {init}')
+        self.alpha = nn.Parameter(torch.full((1, ), float(init)))
+
+    def quantize(self, a: Tensor) -> Tensor:
+        return _ElasticUnsignedFn.apply(a, self.alpha)
+
+
+class SAB(AttentionQuantizer):
+    """Softmax-aware binarization ``1[A >= ratio * rowmax(A)]`` (BiViT).
+
+    BiViT (He et al. ICCV 2023), SAB: a probability is kept when it is at least
+    ``ratio`` times the largest probability of its row (last dim); values
+    {0, 1}. Backward straight-through (``grad_A = grad``).
+
+    Args:
+        ratio: threshold relative to the row maximum, in (0, 1].
+    """
+
+    def __init__(self, ratio: float = 0.25) -> None:
+        super().__init__()
+        if not 0 < ratio <= 1:
+            raise ValueError(f'SAB ratio must be in (0, 1], got {ratio}')
+        self.ratio = ratio
+
+    def quantize(self, a: Tensor) -> Tensor:
+        thr = self.ratio * a.detach().amax(dim=-1, keepdim=True)
+        return _StraightThrough.apply(a, (a.detach() >= thr).to(a.dtype))
+
+    def extra_repr(self) -> str:
+        return f'ratio={self.ratio}, enabled={self.enabled}'
+
+
+# --------------------------------------------------------------------------
+# name -> class tables (used by presets and by string arguments of layers)
+# --------------------------------------------------------------------------
+WEIGHT_QUANTIZERS: Dict[str, Type[WeightQuantizer]] = {
+    'sign': SignWeight,
+    'react': ReActWeight,
+    'bwn': BWNWeight,
+    'pws': PWSWeight,
+}
+ACT_QUANTIZERS: Dict[str, Type[ActivationQuantizer]] = {
+    'ste': SignSTE,
+    'approx': ApproxSign,
+    'rsign': RSign,
+    'elastic': ElasticSign,
+    'asm': ASMSign,
+}
+ATTN_QUANTIZERS: Dict[str, Type[AttentionQuantizer]] = {
+    'elastic': ElasticUnsigned,
+    'sab': SAB,
+}
+
+
+def _check_name(name: str, table: Dict[str, Callable], what: str) -> None:
+    if name != 'fp' and name not in table:
+        raise ValueError(f'unknown {what} quantizer {name!r}; valid: '
+                         f"{['fp'] + sorted(table)}")
+
+
+def build_weight_quantizer(name: str,
+                           out_channels: Optional[int] = None
+                           ) -> Optional[WeightQuantizer]:
+    """Weight quantizer by name (``'fp'`` gives None)."""
+    _check_name(name, WEIGHT_QUANTIZERS, 'weight')
+    if name == 'fp':
+        return None
+    if name == 'pws':
+        return PWSWeight(out_channels)
+    return WEIGHT_QUANTIZERS[name]()
+
+
+def build_act_quantizer(name: str,
+                        num_channels: Optional[int] = None,
+                        channel_dim: int = -1) -> Optional[ActivationQuantizer]:
+    """Activation quantizer by name (``'fp'`` gives None)."""
+    _check_name(name, ACT_QUANTIZERS, 'activation')
+    if name == 'fp':
+        return None
+    return ACT_QUANTIZERS[name](num_channels, channel_dim)
+
+
+def build_attn_quantizer(name: str) -> Optional[AttentionQuantizer]:
+    """Attention-probability quantizer by name (``'fp'`` gives None)."""
+    _check_name(name, ATTN_QUANTIZERS, 'attention')
+    if name == 'fp':
+        return None
+    return ATTN_QUANTIZERS[name]()

@@ -1,0 +1,186 @@
+"""Channel-wise PReLU, RPReLU (ReActNet) and the per-token Token RPReLU (DIDB).
+
+* :class:`ChannelPReLU`: PReLU on an arbitrary channel axis (``nn.PReLU`` only
+  handles axis 1, tokens are (B, N, C)).
+* :class:`RPReLU`: ``f(x) = PReLU_c(x - gamma_c) + zeta_c`` (ReActNet, Liu et al.
+  ECCV 2020, Eq. 4).
+* :class:`TokenRPReLU`: the DIDB-ViT "improved RPReLU" (Gao et al. 2025,
+  arXiv 2507.02222) with per-token terms
+  ``f(x_nc) = PReLU_c(x_nc - gamma_c - gamma'_n) + zeta_c + zeta'_n``.
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ['ChannelPReLU', 'RPReLU', 'TokenRPReLU', 'resize_token_map']
+
+
+def _channel_view(p: Tensor, x: Tensor, channel_dim: int) -> Tensor:
+    dim = channel_dim % x.dim()
+    if x.shape[dim] != p.numel():
+        raise ValueError(f'input has {x.shape[dim]} channels on dim '
+                         f'{channel_dim} (shape {tuple(x.shape)}) but the '
+                         f'module was built for {p.numel()}')
+    shape = [1] * x.dim()
+    shape[dim] = p.numel()
+    return p.to(x.dtype).reshape(shape)
+
+
+class ChannelPReLU(nn.Module):
+    """PReLU with one slope per channel on ``channel_dim``.
+
+    ``f(x) = x if x >= 0 else slope_c * x`` (He et al. ICCV 2015).
+
+    Args:
+        num_channels: number of channels C.
+        channel_dim: channel axis (-1 tokens, 1 maps).
+        init: initial slope.
+    """
+
+    def __init__(self, num_channels: int, channel_dim: int = -1,
+                 init: float = 0.25) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.channel_dim = channel_dim
+        self.slope = nn.Parameter(torch.full((num_channels, ), float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        slope = _channel_view(self.slope, x, self.channel_dim)
+        return torch.where(x >= 0, x, slope * x)
+
+    def extra_repr(self) -> str:
+        return f'{self.num_channels}, channel_dim={self.channel_dim}'
+
+
+class RPReLU(ChannelPReLU):
+    """ReActNet RPReLU: ``PReLU_c(x - gamma_c) + zeta_c``.
+
+    ReActNet (Liu et al. ECCV 2020), Eq. 4; ``gamma`` and ``zeta`` init 0, PReLU
+    slope init 0.25.
+
+    Args:
+        num_channels: number of channels C.
+        channel_dim: channel axis (-1 tokens, 1 maps).
+        init: initial PReLU slope.
+    """
+
+    def __init__(self, num_channels: int, channel_dim: int = -1,
+                 init: float = 0.25) -> None:
+        super().__init__(num_channels, channel_dim, init)
+        self.gamma = nn.Parameter(torch.zeros(num_channels))
+        self.zeta = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        cd = self.channel_dim
+        y = x - _channel_view(self.gamma, x, cd)
+        return super().forward(y) + _channel_view(self.zeta, x, cd)
+
+
+def resize_token_map(tokens: Tensor, ref_grid: Tuple[int, int],
+                     hw: Tuple[int, int], num_extra_tokens: int = 0,
+                     mode: str = 'bilinear') -> Tensor:
+    """Resize a per-token map (1, extra + Hr*Wr, D) to (1, extra + H*W, D).
+
+    Like a position embedding: the grid part is interpolated (bilinear,
+    ``align_corners=False``), the leading extra tokens (CLS) are kept.
+    """
+    hr, wr = ref_grid
+    h, w = hw
+    if (hr, wr) == (h, w):
+        return tokens
+    extra, grid = tokens[:, :num_extra_tokens], tokens[:, num_extra_tokens:]
+    d = grid.shape[-1]
+    grid = grid.reshape(1, hr, wr, d).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(h, w), mode=mode, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, h * w, d)
+    return torch.cat([extra, grid], dim=1)
+
+
+class TokenRPReLU(RPReLU):
+    """Token RPReLU, the DIDB-ViT "improved RPReLU" with per-token terms.
+
+    ``f(x_nc) = PReLU_c(x_nc - gamma_c - gamma'_n) + zeta_c + zeta'_n``
+    (DIDB-ViT, Gao et al. 2025, arXiv 2507.02222, improved RPReLU).
+
+    ``mode='static'``: gamma', zeta' are learnable maps ``token_gamma``,
+    ``token_zeta`` of shape (1, extra + Hr*Wr, 1) on a reference token grid (the
+    pretraining grid of the stage), resized bilinearly to the actual grid like a
+    position embedding (extra tokens such as CLS are not resized); zero-init, so
+    the module starts as :class:`RPReLU`.
+
+    ``mode='dynamic'`` (reconstruction; the paper only says "per-token
+    adjustments"): ``gamma'_nc = kg_c * mean_c(x_n)`` and
+    ``zeta'_nc = kz_c * mean_c(x_n)`` with per-channel ``dyn_gamma`` (kg) and
+    ``dyn_zeta`` (kz), zero-init; no reference grid is needed.
+
+    Args:
+        num_channels: number of channels C.
+        ref_grid: (H_ref, W_ref) of the per-token maps (static mode).
+        mode: ``'static'`` or ``'dynamic'``.
+        num_extra_tokens: leading non-grid tokens (CLS) in the sequence.
+        init: initial PReLU slope.
+    """
+
+    def __init__(self, num_channels: int,
+                 ref_grid: Optional[Sequence[int]] = None,
+                 mode: str = 'static', num_extra_tokens: int = 0,
+                 init: float = 0.25) -> None:
+        super().__init__(num_channels, channel_dim=-1, init=init)
+        if mode not in ('static', 'dynamic'):
+            raise ValueError(f"TokenRPReLU mode must be 'static' or "
+                             f"'dynamic', got {mode!r}")
+        self.mode = mode
+        self.num_extra_tokens = int(num_extra_tokens)
+        self.ref_grid: Optional[Tuple[int, int]] = None
+        if mode == 'static':
+            if ref_grid is None or len(ref_grid) != 2 or min(ref_grid) < 1:
+                raise ValueError('TokenRPReLU(mode="static") needs ref_grid='
+                                 f'(H_ref, W_ref), got {ref_grid!r}')
+            self.ref_grid = (int(ref_grid[0]), int(ref_grid[1]))
+            n = self.num_extra_tokens + self.ref_grid[0] * self.ref_grid[1]
+            self.token_gamma = nn.Parameter(torch.zeros(1, n, 1))
+            self.token_zeta = nn.Parameter(torch.zeros(1, n, 1))
+        else:
+            self.dyn_gamma = nn.Parameter(torch.zeros(num_channels))
+            self.dyn_zeta = nn.Parameter(torch.zeros(num_channels))
+
+    def token_maps(self, hw: Optional[Sequence[int]],
+                   num_tokens: int) -> Tuple[Tensor, Tensor]:
+        """Static per-token (gamma', zeta') resized to ``hw``, (1, N, 1) each."""
+        assert self.ref_grid is not None
+        if hw is None:
+            if num_tokens != self.token_gamma.shape[1]:
+                raise ValueError(
+                    f'TokenRPReLU got {num_tokens} tokens but its reference '
+                    f'grid {self.ref_grid} (+{self.num_extra_tokens} extra) '
+                    'has a different count; pass hw=(H, W)')
+            return self.token_gamma, self.token_zeta
+        h, w = int(hw[0]), int(hw[1])
+        if num_tokens != self.num_extra_tokens + h * w:
+            raise ValueError(f'TokenRPReLU got {num_tokens} tokens, expected '
+                             f'{self.num_extra_tokens} + {h}*{w} for hw={hw}')
+        both = torch.cat([self.token_gamma, self.token_zeta], dim=-1)
+        both = resize_token_map(both, self.ref_grid, (h, w),
+                                self.num_extra_tokens)
+        return both[..., :1], both[..., 1:]
+
+    def forward(self, x: Tensor,
+                hw: Optional[Sequence[int]] = None) -> Tensor:
+        """Apply to tokens ``x`` (B, N, C); ``hw`` is the actual token grid."""
+        if x.dim() != 3:
+            raise ValueError(f'TokenRPReLU expects tokens (B, N, C), got shape '
+                             f'{tuple(x.shape)}')
+        if self.mode == 'static':
+            tg, tz = self.token_maps(hw, x.shape[1])
+            tg, tz = tg.to(x.dtype), tz.to(x.dtype)
+        else:
+            m = x.mean(dim=-1, keepdim=True)
+            tg = m * self.dyn_gamma.to(x.dtype)
+            tz = m * self.dyn_zeta.to(x.dtype)
+        return super().forward(x - tg) + tz
+
+    def extra_repr(self) -> str:
+        return (f'{self.num_channels}, mode={self.mode}, ref_grid='
+                f'{self.ref_grid}, num_extra_tokens={self.num_extra_tokens}')

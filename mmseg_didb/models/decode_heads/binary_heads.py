@@ -1,0 +1,85 @@
+"""Binary UPerNet heads: mmseg's ``UPerHead`` / ``FCNHead`` with 1-bit convs.
+
+Topology, arguments and forward are mmseg's (the classes subclass them and
+reuse their ``__init__`` and ``forward``); after the parent builds its
+``ConvModule``s, each is swapped for a binary conv unit
+``y = act(norm(BinaryConv2d(q(x))) + bypass(x))`` with an FP channel bypass
+(BiDense CFB, arXiv 2411.10346; DESIGN section 5). The binarizers and the unit
+activation come from the plugin's preset table; ``norm_cfg`` (``BN`` /
+``SyncBN``), ``align_corners``, ``in_index``, ``dropout_ratio`` and the losses
+keep their mmseg meaning. The final 1x1 classifier ``conv_seg`` stays FP. With
+``preset='fp'`` nothing is swapped: the head is exactly mmseg's, which gives
+the "binary backbone + FP head" comparison row.
+"""
+from typing import Optional, Sequence
+
+from mmseg.models.decode_heads import FCNHead, UPerHead
+from mmseg.registry import MODELS
+
+from ...binary import BinaryPreset, resolve_preset
+from .binary_conv_module import binarize_conv_modules
+
+__all__ = ['BinaryUPerHead', 'BinaryFCNHead']
+
+
+class BinaryHeadMixin:
+    """Swaps the ``ConvModule``s of an mmseg decode head for binary units."""
+
+    preset: BinaryPreset
+
+    def _binarize(self, preset, preset_overrides: Optional[dict]) -> None:
+        if preset_overrides is not None and not isinstance(
+                preset_overrides, dict):
+            raise TypeError('preset_overrides must be a dict such as '
+                            f'dict(act="ste"), got {preset_overrides!r}')
+        self.preset = resolve_preset(preset, **(preset_overrides or {}))
+        self.num_binary_units = 0
+        if self.preset.unit or self.preset.is_binary:
+            self.num_binary_units = binarize_conv_modules(
+                self, self.preset, self.norm_cfg, self.act_cfg)
+
+
+@MODELS.register_module()
+class BinaryUPerHead(BinaryHeadMixin, UPerHead):
+    """mmseg ``UPerHead`` (PPM + FPN, UPerNet) with binary conv units.
+
+    Every 3x3 / 1x1 conv of the PPM, the bottleneck, the lateral and FPN convs
+    and the FPN bottleneck becomes a binary conv unit; ``conv_seg`` stays FP.
+
+    Args:
+        pool_scales: PPM pooling scales, as ``UPerHead``.
+        preset: Binary preset name, :class:`BinaryPreset` or dict ('didb',
+            'react', 'fp', ...); 'fp' keeps mmseg's UPerHead unchanged.
+        preset_overrides: Preset fields to override, e.g. ``dict(act='ste')``.
+        **kwargs: ``BaseDecodeHead`` arguments (in_channels, channels,
+            in_index, num_classes, norm_cfg, act_cfg, align_corners,
+            loss_decode, ...).
+    """
+
+    def __init__(self,
+                 pool_scales: Sequence[int] = (1, 2, 3, 6),
+                 preset='didb',
+                 preset_overrides: Optional[dict] = None,
+                 **kwargs) -> None:
+        super().__init__(pool_scales=pool_scales, **kwargs)
+        self._binarize(preset, preset_overrides)
+
+
+@MODELS.register_module()
+class BinaryFCNHead(BinaryHeadMixin, FCNHead):
+    """mmseg ``FCNHead`` (e.g. UPerNet's auxiliary head) with binary conv units.
+
+    Args:
+        preset: Binary preset name, :class:`BinaryPreset` or dict; 'fp' keeps
+            mmseg's FCNHead unchanged.
+        preset_overrides: Preset fields to override.
+        **kwargs: ``FCNHead`` arguments (num_convs, kernel_size, concat_input,
+            dilation) and ``BaseDecodeHead`` arguments.
+    """
+
+    def __init__(self,
+                 preset='didb',
+                 preset_overrides: Optional[dict] = None,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._binarize(preset, preset_overrides)

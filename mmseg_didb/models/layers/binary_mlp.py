@@ -1,0 +1,62 @@
+"""Binary feed-forward network of the DIDB transformer blocks."""
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from mmseg_didb.binary.layers import BinaryLinearUnit
+from mmseg_didb.binary.presets import BinaryPreset, resolve_preset
+
+__all__ = ['BinaryMlp']
+
+
+class BinaryMlp(nn.Module):
+    """Two binary linear units ``fc1 -> fc2`` (timm ``Mlp`` topology).
+
+    Each unit is ``act(norm(BinaryLinear(q(x))) + shortcut(x))`` (DESIGN
+    section 2); ``fc1`` widens (its shortcut repeats channels) and ``fc2``
+    narrows (its shortcut averages channel groups), as in BinaryViT (Le & Li,
+    CVPRW 2023). The unit activation (RPReLU / Token RPReLU) is the
+    non-linearity of binary presets; with ``preset='fp'`` the units are plain
+    linears with GELU between them, exactly timm's ``Mlp``.
+
+    Args:
+        in_features: Input channels.
+        hidden_features: Hidden channels (default ``in_features``).
+        preset: Preset name, :class:`BinaryPreset` or dict.
+        ref_grid: Reference grid of the Token RPReLU terms.
+        num_extra_tokens: Leading tokens without a grid position.
+        out_features: Output channels (default ``in_features``).
+        drop: Dropout after the activation and after ``fc2``.
+        bias: Bias in both linears.
+    """
+
+    def __init__(self,
+                 in_features: int,
+                 hidden_features: Optional[int] = None,
+                 preset: Union[str, BinaryPreset, dict] = 'didb',
+                 ref_grid: Optional[Tuple[int, int]] = None,
+                 num_extra_tokens: int = 0,
+                 out_features: Optional[int] = None,
+                 drop: float = 0.,
+                 bias: bool = True) -> None:
+        super().__init__()
+        preset = resolve_preset(preset)
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        kw = dict(ref_grid=ref_grid, num_extra_tokens=num_extra_tokens)
+        self.fc1 = BinaryLinearUnit(in_features, hidden_features, preset,
+                                    bias=bias, **kw)
+        # binary units carry their own activation; fp keeps timm's GELU
+        self.act = nn.Identity() if preset.unit else nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = BinaryLinearUnit(hidden_features, out_features, preset,
+                                    bias=bias, **kw)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self,
+                x: torch.Tensor,
+                hw: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """``x``: ``(B, N, C)``; ``hw``: token grid (needed by Token RPReLU)."""
+        x = self.drop1(self.act(self.fc1(x, hw)))
+        return self.drop2(self.fc2(x, hw))

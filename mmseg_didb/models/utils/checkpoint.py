@@ -1,0 +1,177 @@
+"""Strict checkpoint loading shared by the plugin's backbones.
+
+mmseg's own backbones load ``init_cfg`` checkpoints with ``strict=False`` and
+ignore ``prefix``, so a checkpoint in the wrong format silently loads nothing.
+:func:`load_checkpoint_strict` is the opposite: it resolves the file (with a
+helpful error when it is missing), unwraps the usual containers, strips the
+prefix, lets the model's load-state-dict pre-hooks convert foreign key layouts,
+and raises an error naming every missing and unexpected key.
+"""
+import os.path as osp
+import pickle
+import re
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+
+__all__ = [
+    'CheckpointMismatchError', 'read_checkpoint', 'unwrap_state_dict',
+    'load_checkpoint_strict', 'resolve_checkpoint_path'
+]
+
+Tensor = torch.Tensor
+
+#: Container keys holding the state dict, tried in this order: mmengine
+#: (``state_dict``), official Swin / DeiT (``model``), EMA-only files.
+STATE_DICT_KEYS = ('state_dict', 'model', 'model_ema', 'state_dict_ema')
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint does not cover the model (or carries foreign keys)."""
+
+
+def resolve_checkpoint_path(path: str, hint: str = '') -> str:
+    """Return ``path`` if it is an existing file, else raise FileNotFoundError.
+
+    Args:
+        path: Local checkpoint path (``~`` is expanded).
+        hint: How to obtain a suitable checkpoint; appended to the message.
+    """
+    if not isinstance(path, str):
+        raise TypeError(f'checkpoint must be a path string, got {type(path)}')
+    if re.match(r'^[a-z]+://', path):
+        raise FileNotFoundError(
+            f'checkpoint {path!r} is a URL; nothing is downloaded at run time. '
+            'Download it yourself and set the local path in the config. '
+            + hint)
+    full = osp.expanduser(path)
+    if not osp.isfile(full):
+        raise FileNotFoundError(
+            f'checkpoint file {path!r} does not exist. ' + hint)
+    return full
+
+
+def read_checkpoint(path: str, map_location: Any = 'cpu') -> Mapping:
+    """Read a checkpoint file (a trusted local file).
+
+    Plain tensor dicts load with ``weights_only=True``; files pickled with
+    other objects (mmengine Runner checkpoints hold a message hub) fall back
+    to a full unpickle.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError):
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def unwrap_state_dict(checkpoint: Mapping,
+                      prefix: Optional[str] = None) -> Dict[str, Tensor]:
+    """Return the plain tensor state dict held in a checkpoint.
+
+    Args:
+        checkpoint: A state dict or a container holding one under
+            ``state_dict`` / ``model`` / ``model_ema`` / ``state_dict_ema``.
+        prefix: Keep only keys starting with it, stripped (e.g. ``'backbone.'``
+            for a segmentor or an mmpretrain classifier). None: strip a
+            DataParallel ``module.`` and, when some keys start with
+            ``backbone.``, keep only those (stripped).
+
+    Raises:
+        TypeError: not a dict. KeyError: no key starts with ``prefix``.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError('a checkpoint must be a dict (a state dict or a dict '
+                        'holding "state_dict" / "model"), got '
+                        f'{type(checkpoint).__name__}')
+    for key in STATE_DICT_KEYS:
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    sd = {k: v for k, v in checkpoint.items() if isinstance(v, Tensor)}
+    if sd and all(k.startswith('module.') for k in sd):
+        sd = {k[len('module.'):]: v for k, v in sd.items()}
+    if prefix:
+        picked = {k[len(prefix):]: v for k, v in sd.items()
+                  if k.startswith(prefix)}
+        if not picked:
+            raise KeyError(
+                f'no key of the checkpoint starts with prefix {prefix!r}; '
+                f'keys look like {sorted(sd)[:5]}. Use prefix=None for a '
+                'backbone / classification checkpoint.')
+        return picked
+    if any(k.startswith('backbone.') for k in sd):
+        sd = {k[len('backbone.'):]: v for k, v in sd.items()
+              if k.startswith('backbone.')}
+    return sd
+
+
+def _short(keys: Sequence[str], limit: int = 20) -> str:
+    keys = sorted(keys)
+    more = f' ... (+{len(keys) - limit} more)' if len(keys) > limit else ''
+    return ', '.join(keys[:limit]) + more
+
+
+def load_checkpoint_strict(model: nn.Module,
+                           checkpoint: Union[str, Mapping],
+                           prefix: Optional[str] = None,
+                           map_location: Any = 'cpu',
+                           hint: str = '',
+                           allow_missing: Iterable[str] = (),
+                           logger: str = 'current') -> Dict[str, List[str]]:
+    """Load a checkpoint into ``model`` and fail loudly on any mismatch.
+
+    Steps: resolve the file (FileNotFoundError with ``hint`` when missing),
+    unwrap the container, strip ``prefix``, call ``model.load_state_dict``
+    (whose pre-hooks convert foreign layouts), then check the result.
+
+    Args:
+        model: Module to load into.
+        checkpoint: File path or an already loaded checkpoint dict.
+        prefix: See :func:`unwrap_state_dict`.
+        map_location: Passed to ``torch.load``.
+        hint: How to obtain a checkpoint (for the FileNotFoundError).
+        allow_missing: Regexes of model keys that may stay at their init.
+        logger: mmengine logger name for the summary line.
+
+    Returns:
+        dict with the ``missing_keys`` tolerated by ``allow_missing``.
+
+    Raises:
+        FileNotFoundError: missing file.
+        CheckpointMismatchError: no key matched, model keys left unloaded,
+            or checkpoint keys the model does not have.
+    """
+    source = 'state dict'
+    if isinstance(checkpoint, str):
+        source = checkpoint
+        checkpoint = read_checkpoint(
+            resolve_checkpoint_path(checkpoint, hint), map_location)
+    sd = unwrap_state_dict(checkpoint, prefix)
+    if not sd:
+        raise CheckpointMismatchError(
+            f'{source}: the checkpoint holds no tensors' +
+            (f' under prefix {prefix!r}' if prefix else ''))
+    result = model.load_state_dict(sd, strict=False)
+    allowed = [re.compile(p) for p in allow_missing]
+    missing = [k for k in result.missing_keys
+               if not any(p.search(k) for p in allowed)]
+    tolerated = sorted(set(result.missing_keys) - set(missing))
+    unexpected = list(result.unexpected_keys)
+    own = set(model.state_dict())
+    if not own - set(result.missing_keys):
+        raise CheckpointMismatchError(
+            f'{source}: loading into {type(model).__name__} matched no key. '
+            f'Checkpoint keys look like {_short(list(sd), 8)}; model keys '
+            f'look like {_short(list(own), 8)}. Check the checkpoint format '
+            'and the prefix (a segmentor checkpoint needs '
+            "prefix='backbone.').")
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f'{source} does not match {type(model).__name__}: '
+            f'{len(missing)} missing keys [{_short(missing)}]; '
+            f'{len(unexpected)} unexpected keys [{_short(unexpected)}]')
+    print_log(f'loaded {source} into {type(model).__name__} '
+              f'({len(own) - len(result.missing_keys)} keys)', logger=logger)
+    return dict(missing_keys=tolerated)

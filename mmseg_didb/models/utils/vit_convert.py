@@ -1,0 +1,382 @@
+"""State-dict conversion for :class:`~mmseg_didb.models.backbones.DIDBViT`.
+
+Accepted source layouts (detected from the keys):
+
+* ``timm``: timm ``VisionTransformer`` / DeiT state dicts, and the official
+  DeiT release (``{'model': state_dict}``, same key names as timm).
+* ``mmseg``: a ViT converted for mmseg's ``VisionTransformer``
+  (``tools/model_converters/vit2mmseg.py`` layout: ``layers.i.attn.attn.
+  in_proj_weight``, ``layers.i.ffn.layers.0.0`` ...).
+* ``didb``: the plugin's own checkpoints (any preset), with or without a
+  ``backbone.`` / ``module.`` prefix.
+
+Conversion is in two steps. :func:`to_didb_layout` renames a source into the
+DIDBViT key layout with FP attention units (``attn.q``/``attn.k``/``attn.v``):
+the fused ``qkv`` projection is split into three. :func:`adapt_to_target`
+then fits that dict to a concrete model: with HFSC on, the ``q``/``k`` units
+are copied to both the low- and the high-frequency units (``q_low``,
+``q_high``, ``k_low``, ``k_high``), the position embedding and the Token
+RPReLU maps are resized to the model's token grid, and classification-only
+keys (heads, distillation token) are dropped.
+
+Parameters that exist only in binary models (unit norms, RPReLU and Token
+RPReLU terms, quantizer shifts/scales, HFSC mixing, DIBA scales) keep their
+initial values when the source is an FP checkpoint (it holds none of them);
+a binary source must provide all of them. Whether the result covers the
+model is checked by the strict loader
+(:func:`mmseg_didb.models.utils.checkpoint.load_checkpoint_strict`), which
+names every missing and unexpected key.
+"""
+import math
+import re
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import unwrap_state_dict
+
+__all__ = [
+    'FP_KEY_PATTERN', 'is_fp_key', 'detect_layout', 'to_didb_layout',
+    'resize_grid_tokens', 'adapt_to_target', 'convert_vit_state_dict',
+    'convert_vit_checkpoint'
+]
+
+Tensor = torch.Tensor
+
+#: Keys of a classification checkpoint that a segmentation backbone never
+#: uses. They are dropped (and reported), never silently matched.
+CLASSIFICATION_ONLY = ('head.', 'head_dist.', 'pre_logits.', 'fc_norm.')
+
+#: DIDBViT keys an FP (timm / DeiT / mmseg) checkpoint can provide; every
+#: other key of a DIDBViT state dict is binary-only.
+FP_KEY_PATTERN = re.compile(
+    r'^(patch_embed\.projection\.(weight|bias)|cls_token|pos_embed'
+    r'|norm\.(weight|bias)'
+    r'|layers\.\d+\.(norm1|norm2)\.(weight|bias)'
+    r'|layers\.\d+\.attn\.(q|k|v|q_low|k_low|q_high|k_high|proj)'
+    r'\.linear\.(weight|bias)'
+    r'|layers\.\d+\.mlp\.fc[12]\.linear\.(weight|bias))$')
+
+#: Parameter names of Token RPReLU maps (resized like the position embedding).
+TOKEN_MAP_NAMES = ('token_gamma', 'token_zeta')
+
+
+def is_fp_key(key: str) -> bool:
+    """True if an FP ViT checkpoint can provide DIDBViT key ``key``."""
+    return FP_KEY_PATTERN.match(key) is not None
+
+
+def detect_layout(sd: Mapping[str, Tensor]) -> str:
+    """Name the layout of a ViT state dict: ``'timm'``, ``'mmseg'``, ``'didb'``.
+
+    Raises:
+        ValueError: if the keys match none of them.
+    """
+    keys = list(sd)
+    if any(re.match(r'blocks\.\d+\.', k) for k in keys):
+        return 'timm'
+    if any('.attn.attn.in_proj_weight' in k or '.ffn.layers.' in k
+           for k in keys):
+        return 'mmseg'
+    if any(re.match(r'layers\.\d+\.(attn|mlp|norm1)\.', k) for k in keys):
+        return 'didb'
+    raise ValueError(
+        'Unrecognised ViT checkpoint: expected timm/DeiT keys ("blocks.0."), '
+        'mmseg ViT keys ("layers.0.attn.attn.in_proj_weight") or DIDBViT '
+        f'keys ("layers.0.attn.q."), got e.g. {sorted(keys)[:6]}. For a '
+        'segmentor checkpoint pass prefix="backbone.".')
+
+
+def _split_qkv(prefix: str, weight: Tensor, bias: Optional[Tensor],
+               out: Dict[str, Tensor]) -> None:
+    """Split a fused (3C, C) qkv projection into three DIDB units."""
+    if weight.shape[0] % 3:
+        raise ValueError(f'{prefix}: fused qkv weight has {weight.shape[0]} '
+                         'rows, not a multiple of 3.')
+    for name, w in zip(('q', 'k', 'v'), weight.chunk(3, dim=0)):
+        out[f'{prefix}.{name}.linear.weight'] = w.clone()
+    if bias is not None:
+        for name, b in zip(('q', 'k', 'v'), bias.chunk(3, dim=0)):
+            out[f'{prefix}.{name}.linear.bias'] = b.clone()
+
+
+def _timm_to_didb(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    out: Dict[str, Tensor] = {}
+    fused: Dict[str, Dict[str, Tensor]] = {}
+    for k, v in sd.items():
+        m = re.match(r'blocks\.(\d+)\.(.+)$', k)
+        if m is None:
+            new = k.replace('patch_embed.proj.', 'patch_embed.projection.')
+            out[new] = v
+            continue
+        i, rest = m.groups()
+        base = f'layers.{i}'
+        qkv = re.match(r'attn\.qkv\.(weight|bias)$', rest)
+        if qkv:
+            fused.setdefault(f'{base}.attn', {})[qkv.group(1)] = v
+            continue
+        unit = re.match(r'(attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$',
+                        rest)
+        if unit:
+            out[f'{base}.{unit.group(1)}.linear.{unit.group(2)}'] = v
+        else:  # norm1 / norm2 keep their names; anything else is reported
+            out[f'{base}.{rest}'] = v
+    for prefix, wb in fused.items():
+        _split_qkv(prefix, wb['weight'], wb.get('bias'), out)
+    return out
+
+
+def _mmseg_to_didb(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    out: Dict[str, Tensor] = {}
+    fused: Dict[str, Dict[str, Tensor]] = {}
+    renames = (
+        (r'ln1\.', 'norm1.'),
+        (r'ln2\.', 'norm2.'),
+        (r'attn\.attn\.out_proj\.', 'attn.proj.linear.'),
+        (r'ffn\.layers\.0\.0\.', 'mlp.fc1.linear.'),
+        (r'ffn\.layers\.1\.', 'mlp.fc2.linear.'),
+    )
+    for k, v in sd.items():
+        m = re.match(r'layers\.(\d+)\.(.+)$', k)
+        if m is None:
+            # mmseg names the final norm "ln1" at the top level.
+            out[re.sub(r'^ln1\.', 'norm.', k)] = v
+            continue
+        i, rest = m.groups()
+        qkv = re.match(r'attn\.attn\.in_proj_(weight|bias)$', rest)
+        if qkv:
+            fused.setdefault(f'layers.{i}.attn', {})[qkv.group(1)] = v
+            continue
+        for pattern, repl in renames:
+            if re.match(pattern, rest):
+                rest = re.sub('^' + pattern, repl, rest)
+                break
+        out[f'layers.{i}.{rest}'] = v
+    for prefix, wb in fused.items():
+        _split_qkv(prefix, wb['weight'], wb.get('bias'), out)
+    return out
+
+
+def to_didb_layout(sd: Mapping[str, Tensor],
+                   layout: Optional[str] = None) -> Dict[str, Tensor]:
+    """Rename a timm / DeiT / mmseg / own ViT state dict to DIDBViT keys.
+
+    Args:
+        sd: The plain state dict (see :func:`~mmseg_didb.models.utils.checkpoint.unwrap_state_dict`).
+        layout: ``'timm'``, ``'mmseg'`` or ``'didb'``; detected if None.
+
+    Returns:
+        dict: DIDBViT keys; from timm and mmseg sources the attention units
+        are ``q``, ``k``, ``v`` (FP layout, fused ``qkv`` split in three).
+    """
+    layout = layout or detect_layout(sd)
+    if layout == 'timm':
+        return _timm_to_didb(sd)
+    if layout == 'mmseg':
+        return _mmseg_to_didb(sd)
+    if layout == 'didb':
+        return dict(sd)
+    raise ValueError(f'layout must be "timm", "mmseg" or "didb", got {layout!r}')
+
+
+def resize_grid_tokens(tokens: Tensor, src_grid: Sequence[int],
+                       dst_grid: Sequence[int], num_extra_tokens: int = 1,
+                       mode: str = 'bicubic') -> Tensor:
+    """Resize a (1, extra + H*W, C) token-grid parameter to another grid.
+
+    Used for the position embedding and, with ``C = 1``, the Token RPReLU
+    maps. The leading ``num_extra_tokens`` rows (CLS) are kept as they are;
+    the grid part is interpolated like mmseg's ``resize_pos_embed``
+    (``align_corners=False``).
+    """
+    src_h, src_w = src_grid
+    dst_h, dst_w = dst_grid
+    if tokens.shape[1] != num_extra_tokens + src_h * src_w:
+        raise ValueError(
+            f'Token tensor of shape {tuple(tokens.shape)} does not hold '
+            f'{num_extra_tokens} extra token(s) plus a {src_h}x{src_w} grid.')
+    if (src_h, src_w) == (dst_h, dst_w):
+        return tokens
+    extra, grid = tokens[:, :num_extra_tokens], tokens[:, num_extra_tokens:]
+    c = grid.shape[-1]
+    grid = grid.reshape(1, src_h, src_w, c).permute(0, 3, 1, 2)
+    kwargs = {} if mode == 'nearest' else dict(align_corners=False)
+    grid = F.interpolate(grid.float(), size=(dst_h, dst_w), mode=mode,
+                         **kwargs).to(tokens.dtype)
+    grid = grid.flatten(2).transpose(1, 2)
+    return torch.cat([extra, grid], dim=1)
+
+
+def _square_grid(num_tokens: int, candidates: Sequence[int],
+                 key: str) -> Tuple[Tuple[int, int], int]:
+    """Infer (grid, extra) of a square token grid from a token count."""
+    for extra in candidates:
+        side = math.isqrt(max(num_tokens - extra, 0))
+        if side > 0 and side * side == num_tokens - extra:
+            return (side, side), extra
+    raise ValueError(
+        f'{key}: cannot infer the token grid of {num_tokens} tokens (not a '
+        'square grid plus extra tokens). Pass src_grid=(H, W) of the '
+        'checkpoint\'s pretraining grid.')
+
+
+def _fit_grid_param(key: str, v: Tensor, target_shape: torch.Size,
+                    dst_grid: Tuple[int, int], dst_extra: int, mode: str,
+                    src_grid: Optional[Tuple[int, int]],
+                    src_extra_candidates: Sequence[int]) -> Tensor:
+    if src_grid is not None:
+        src_extra = v.shape[1] - src_grid[0] * src_grid[1]
+        if src_extra < 0:
+            raise ValueError(f'{key}: {v.shape[1]} tokens cannot hold the '
+                             f'given src_grid {tuple(src_grid)}.')
+    else:
+        src_grid, src_extra = _square_grid(v.shape[1], src_extra_candidates,
+                                           key)
+    # CLS rows: keep the common ones, drop a distillation token, add zeros
+    # (the init value of token maps) where the target has more.
+    if src_extra > dst_extra:
+        v = torch.cat([v[:, :dst_extra], v[:, src_extra:]], dim=1)
+    elif src_extra < dst_extra:
+        pad = v.new_zeros(1, dst_extra - src_extra, v.shape[2])
+        v = torch.cat([v[:, :src_extra], pad, v[:, src_extra:]], dim=1)
+    v = resize_grid_tokens(v, src_grid, dst_grid, dst_extra, mode)
+    if v.shape != target_shape:
+        raise ValueError(f'{key}: resized to {tuple(v.shape)}, but the model '
+                         f'expects {tuple(target_shape)}.')
+    return v
+
+
+def _head_half(t: Tensor, num_heads: int, half: int) -> Tensor:
+    """Rows of one half of every head's dimensions (``hfsc='split'``)."""
+    rows = t.shape[0]
+    hd = rows // num_heads
+    t = t.reshape(num_heads, hd, *t.shape[1:])
+    t = t[:, :hd // 2] if half == 0 else t[:, hd // 2:]
+    return t.reshape(rows // 2, *t.shape[2:]).clone()
+
+
+def adapt_to_target(sd: Mapping[str, Tensor],
+                    target_shapes: Mapping[str, torch.Size],
+                    grid: Tuple[int, int],
+                    num_extra_tokens: int = 1,
+                    num_heads: Optional[int] = None,
+                    interpolate_mode: str = 'bicubic',
+                    token_map_mode: str = 'bilinear',
+                    src_grid: Optional[Tuple[int, int]] = None
+                    ) -> Tuple[Dict[str, Tensor], List[str]]:
+    """Fit a DIDBViT-layout state dict to a concrete model.
+
+    Args:
+        sd: Output of :func:`to_didb_layout`.
+        target_shapes: The model's ``{key: shape}`` (from its state dict).
+        grid: The model's reference token grid (``img_size // patch_size``).
+        num_extra_tokens: CLS tokens of the model's Token RPReLU maps (the
+            position embedding always holds one CLS row, as in mmseg).
+        num_heads: Attention heads; needed for ``hfsc='split'`` targets.
+        interpolate_mode: Resize mode of the position embedding.
+        token_map_mode: Resize mode of the Token RPReLU maps (bilinear, as
+            :class:`~mmseg_didb.binary.rprelu.TokenRPReLU` resizes them).
+        src_grid: The checkpoint's token grid; inferred (square) if None.
+
+    Returns:
+        (state_dict, dropped): the fitted dict (keys the model lacks are kept
+        so that the load reports them as unexpected) and the dropped keys:
+        classification heads, the distillation token, and the final ``norm``
+        when the model has none (``final_norm=False``).
+    """
+    out: Dict[str, Tensor] = {}
+    dropped: List[str] = []
+    for k, v in sd.items():
+        # Distilled DeiT: the CLS token is kept, the distillation token not;
+        # the final norm only matters to a model built with final_norm=True.
+        if (k.startswith(CLASSIFICATION_ONLY + ('norm.', ))
+                or k == 'dist_token') and k not in target_shapes:
+            dropped.append(k)
+            continue
+        m = re.match(r'(layers\.\d+\.attn\.)(q|k)\.(.+)$', k)
+        if m and k not in target_shapes:
+            # HFSC target: the pretrained Q (K) initialises both branches.
+            low = f'{m.group(1)}{m.group(2)}_low.{m.group(3)}'
+            high = f'{m.group(1)}{m.group(2)}_high.{m.group(3)}'
+            if low in target_shapes and high in target_shapes:
+                if target_shapes[low] == v.shape:  # hfsc='full'
+                    out[low], out[high] = v.clone(), v.clone()
+                elif m.group(3).startswith('linear.'):  # hfsc='split'
+                    if num_heads is None:
+                        raise ValueError('hfsc="split" needs num_heads.')
+                    # Q_L K_L^T + Q_H K_H^T == Q K^T at init.
+                    out[low] = _head_half(v, num_heads, 0)
+                    out[high] = _head_half(v, num_heads, 1)
+                else:
+                    out[k] = v  # a binary-unit extra: reported by the load
+                continue
+        out[k] = v
+
+    if 'pos_embed' in out and 'pos_embed' in target_shapes:
+        # timm DeiT-distilled has 2 prefix rows, plain ViT/DeiT 1.
+        out['pos_embed'] = _fit_grid_param(
+            'pos_embed', out['pos_embed'], target_shapes['pos_embed'], grid,
+            1, interpolate_mode, src_grid, (1, 2, 0))
+    for k in list(out):
+        if k.rsplit('.', 1)[-1] in TOKEN_MAP_NAMES and k in target_shapes \
+                and out[k].shape != target_shapes[k]:
+            out[k] = _fit_grid_param(k, out[k], target_shapes[k], grid,
+                                     num_extra_tokens, token_map_mode,
+                                     src_grid, (1, 0))
+    return out, dropped
+
+
+def convert_vit_state_dict(sd: Mapping[str, Tensor],
+                           model_sd: Mapping[str, Tensor],
+                           grid: Tuple[int, int],
+                           num_extra_tokens: int = 1,
+                           num_heads: Optional[int] = None,
+                           interpolate_mode: str = 'bicubic',
+                           src_grid: Optional[Tuple[int, int]] = None
+                           ) -> Tuple[Dict[str, Tensor], Dict[str, list]]:
+    """Convert any supported ViT layout to a DIDBViT's keys.
+
+    Binary-only parameters are filled with the model's current (initial)
+    values when the source is FP (see the module docstring).
+
+    Args:
+        sd: Plain state dict (unwrapped, prefix stripped).
+        model_sd: The target model's state dict.
+        grid, num_extra_tokens, num_heads, interpolate_mode, src_grid: see
+            :func:`adapt_to_target`.
+
+    Returns:
+        ``(state_dict, report)``; ``report`` has ``layout``, ``dropped``
+        (classification-only keys) and ``kept_init`` (binary-only keys left
+        at their initial values).
+    """
+    layout = detect_layout(sd)
+    shapes = {k: v.shape for k, v in model_sd.items()}
+    out, dropped = adapt_to_target(
+        to_didb_layout(sd, layout), shapes, grid, num_extra_tokens,
+        num_heads, interpolate_mode, src_grid=src_grid)
+    source_is_fp = not any(k in model_sd and not is_fp_key(k) for k in out)
+    kept = []
+    if source_is_fp:
+        for k, v in model_sd.items():
+            if k not in out and not is_fp_key(k):
+                out[k] = v
+                kept.append(k)
+    return out, dict(layout=layout, dropped=dropped, kept_init=kept)
+
+
+def convert_vit_checkpoint(checkpoint: Mapping,
+                           model_sd: Mapping[str, Tensor],
+                           grid: Tuple[int, int],
+                           num_extra_tokens: int = 1,
+                           num_heads: Optional[int] = None,
+                           prefix: Optional[str] = None,
+                           interpolate_mode: str = 'bicubic',
+                           src_grid: Optional[Tuple[int, int]] = None
+                           ) -> Tuple[Dict[str, Tensor], Dict[str, list]]:
+    """Unwrap a checkpoint (``{'model': ...}``, ``{'state_dict': ...}``,
+    ``backbone.`` prefix) and :func:`convert_vit_state_dict` it."""
+    return convert_vit_state_dict(
+        unwrap_state_dict(checkpoint, prefix), model_sd, grid,
+        num_extra_tokens, num_heads, interpolate_mode, src_grid)

@@ -1,0 +1,212 @@
+"""DIDBAttention / BinaryMlp / window machinery: exactness, DIBA, HFSC, grads."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mmseg_didb  # noqa: F401
+from mmseg_didb.binary.haar import haar_split
+from mmseg_didb.binary.presets import PRESETS
+from mmseg_didb.binary.rprelu import TokenRPReLU
+from mmseg_didb.models.layers import (BinaryMlp, DIDBAttention, DIDBBlock,
+                                      from_windows, to_windows,
+                                      window_attention_mask)
+
+torch.set_num_threads(1)
+ALL_PRESETS = sorted(PRESETS)
+
+
+def _copy_fused_qkv(attn: DIDBAttention, qkv: torch.nn.Linear,
+                    proj: torch.nn.Linear) -> None:
+    C = attn.embed_dims
+    with torch.no_grad():
+        for i, name in enumerate('qkv'):
+            unit = getattr(attn, name).linear
+            unit.weight.copy_(qkv.weight[i * C:(i + 1) * C])
+            unit.bias.copy_(qkv.bias[i * C:(i + 1) * C])
+        attn.proj.linear.weight.copy_(proj.weight)
+        attn.proj.linear.bias.copy_(proj.bias)
+
+
+def test_fp_global_equals_timm_vit_attention():
+    from timm.models.vision_transformer import Attention
+    torch.manual_seed(0)
+    ref = Attention(32, num_heads=4, qkv_bias=True).eval()
+    attn = DIDBAttention(32, 4, 'fp', num_extra_tokens=1).eval()
+    _copy_fused_qkv(attn, ref.qkv, ref.proj)
+    x = torch.randn(2, 1 + 5 * 6, 32)
+    torch.testing.assert_close(attn(x, (5, 6)), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fp_shifted_windows_equal_timm_window_attention():
+    from timm.models.swin_transformer import SwinTransformerBlock
+    torch.manual_seed(0)
+    blk = SwinTransformerBlock(16, (8, 12), num_heads=2, window_size=4,
+                               shift_size=2).eval()
+    attn = DIDBAttention(16, 2, 'fp').eval()
+    _copy_fused_qkv(attn, blk.attn.qkv, blk.attn.proj)
+    x = torch.randn(2, 8, 12, 16)
+    ref = blk._attn(x).reshape(2, 96, 16)
+    out = attn(x.reshape(2, 96, 16), (8, 12), window_size=4, shift_size=2,
+               rel_pos_bias=blk.attn._get_rel_pos_bias()[0])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    # without the shift mask the result must differ (the mask is used)
+    bad = attn(x.reshape(2, 96, 16), (8, 12), window_size=4, shift_size=2,
+               rel_pos_bias=blk.attn._get_rel_pos_bias()[0],
+               attn_mask=torch.zeros(6, 16, 16))
+    assert (bad - ref).abs().max() > 1e-3
+
+
+def test_windows_roundtrip_and_padding_mask():
+    x = torch.randn(2, 5 * 7, 3)
+    for ss in [(0, 0), (2, 1)]:
+        w = to_windows(x, (5, 7), (4, 3), ss)
+        assert w.shape == (2 * 2 * 3, 12, 3)
+        torch.testing.assert_close(from_windows(w, (5, 7), (4, 3), ss), x)
+    assert window_attention_mask((8, 8), (4, 4), (0, 0)) is None
+    mask = window_attention_mask((3, 3), (4, 4), (0, 0))
+    pad_key = torch.ones(4, 4, dtype=torch.bool)
+    pad_key[:3, :3] = False
+    assert mask.shape == (1, 16, 16)
+    assert torch.equal(mask[0] < 0, pad_key.flatten()[None].expand(16, 16))
+
+
+@pytest.mark.parametrize('preset', ['fp', 'didb', 'bit'])
+def test_padded_window_equals_global_attention(preset):
+    """A 3x5 map in one padded 4x8 window == global attention on 15 tokens:
+    padding keys are masked and HFSC / N8 act on the unpadded map. (float64:
+    binarizers are discontinuous, float32 summation-order noise can flip a
+    rounding in the {0, a} binarizer.)"""
+    torch.manual_seed(0)
+    attn = DIDBAttention(16, 2, preset, ref_grid=(3, 5)).double().eval()
+    x = torch.randn(2, 15, 16, dtype=torch.float64)
+    with torch.no_grad():
+        glob = attn(x, (3, 5))
+        win = attn(x, (3, 5), window_size=(4, 8))
+    torch.testing.assert_close(win, glob, atol=1e-5, rtol=1e-5)
+
+
+def test_diba_constant_values_keep_only_scaled_shortcut():
+    """With identical v_j, sum_j Ab_ij (v_j - v_i) = 0: out_i = l_s * v_i."""
+    torch.manual_seed(0)
+    attn = DIDBAttention(8, 2, 'didb', ref_grid=(4, 4)).eval()
+    with torch.no_grad():
+        attn.diba_scale.uniform_(0.5, 2.0)
+    qs = [torch.randn(3, 16, 8).sign()] * 2
+    ks = [torch.randn(3, 16, 8).sign()] * 2
+    v = torch.randn(1, 1, 8).expand(3, 16, 8).contiguous()
+    out = attn.attend(qs, ks, v)
+    torch.testing.assert_close(out, (attn.diba_scale * v))
+    # without the shortcut term the output is Ab V, which is not l_s v
+    plain = DIDBAttention(8, 2, 'didb', ref_grid=(4, 4)).eval()
+    plain.preset = plain.preset.replace(diba_shortcut=False)
+    assert (plain.attend(qs, ks, v) - v).abs().max() > 1e-2
+
+
+def test_diba_local_term_is_sum_of_neighbour_differences():
+    attn = DIDBAttention(4, 1, 'didb', ref_grid=(3, 4), num_extra_tokens=1)
+    v = torch.randn(2, 1 + 12, 4)
+    got = attn.diba_local(v, (3, 4))
+    grid = v[:, 1:].reshape(2, 3, 4, 4)
+    padded = F.pad(grid, (0, 0, 1, 1, 1, 1))
+    want = torch.zeros_like(grid)
+    for dh in (-1, 0, 1):
+        for dw in (-1, 0, 1):
+            if dh or dw:
+                want += padded[:, 1 + dh:4 + dh, 1 + dw:5 + dw] - grid
+    torch.testing.assert_close(got[:, 1:], want.reshape(2, 12, 4))
+    assert torch.equal(got[:, :1], torch.zeros(2, 1, 4))  # CLS: no local term
+
+
+def test_hfsc_split_low_is_haar_ll_and_high_the_rest():
+    attn = DIDBAttention(4, 1, 'didb', ref_grid=(4, 6), num_extra_tokens=1)
+    x = torch.randn(2, 1 + 24, 4)
+    low, high = attn.hfsc_split(x, (4, 6))
+    grid = x[:, 1:].transpose(1, 2).reshape(2, 4, 4, 6)
+    ll, _ = haar_split(grid)
+    torch.testing.assert_close(low[:, 1:], ll.flatten(2).transpose(1, 2))
+    torch.testing.assert_close(low + high - x[:, :1].new_zeros(1),
+                               torch.cat([2 * x[:, :1], x[:, 1:]], 1))
+    # constant map: no high-frequency content
+    const = torch.ones(1, 24, 4)
+    plain = DIDBAttention(4, 1, 'didb', ref_grid=(4, 6))
+    assert plain.hfsc_split(const, (4, 6))[1].abs().max() < 1e-6
+
+
+def test_submodule_names_follow_the_contract():
+    didb = DIDBAttention(16, 2, 'didb', ref_grid=(4, 4))
+    for name in ('q_low', 'k_low', 'q_high', 'k_high', 'v', 'proj'):
+        assert hasattr(didb, name)
+    assert not hasattr(didb, 'q')
+    assert didb.hfsc_mix.shape == (2, 2)
+    assert didb.diba_scale.shape == (16, ) and torch.all(didb.diba_scale == 1)
+    assert torch.allclose(didb.diba_local_scale, torch.full((16, ), 0.1))
+    assert isinstance(didb.proj.act, TokenRPReLU)
+    # {0, a} binarizer starts at 1/N (N = 16 keys)
+    assert torch.allclose(didb.attn_quant.alpha, torch.tensor([1 / 16]))
+    off = DIDBAttention(16, 2, 'didb', ref_grid=(4, 4), num_extra_tokens=0)
+    off.preset  # noqa: B018
+    plain = DIDBAttention(16, 2, PRESETS['didb'].replace(
+        hfsc=False, diba_local=False, diba_shortcut=False, token_rprelu=False))
+    assert hasattr(plain, 'q') and not hasattr(plain, 'q_low')
+    assert not hasattr(plain, 'hfsc_mix')
+    assert not hasattr(plain, 'diba_scale')
+    assert not hasattr(plain, 'diba_local_scale')
+    assert not isinstance(plain.proj.act, TokenRPReLU)
+    split = DIDBAttention(16, 2, PRESETS['didb'].replace(hfsc='split'),
+                          ref_grid=(4, 4))
+    assert split.q_low.linear.weight.shape == (8, 16)
+
+
+def test_bad_inputs_raise():
+    attn = DIDBAttention(16, 2, 'didb', ref_grid=(4, 4), num_extra_tokens=1)
+    with pytest.raises(ValueError, match='tokens'):
+        attn(torch.randn(1, 16, 16), (4, 4))
+    with pytest.raises(ValueError, match='extra tokens'):
+        attn(torch.randn(1, 17, 16), (4, 4), window_size=2)
+    with pytest.raises(ValueError, match='ref_grid'):
+        DIDBAttention(16, 2, 'didb')
+    with pytest.raises(ValueError, match='divisible'):
+        DIDBAttention(15, 2, 'fp')
+    with pytest.raises(ValueError, match='valid presets'):
+        DIDBAttention(16, 2, 'nope')
+
+
+@pytest.mark.parametrize('preset', ALL_PRESETS)
+def test_block_gradients_reach_every_parameter(preset):
+    torch.manual_seed(0)
+    blk = DIDBBlock(16, 2, mlp_ratio=2, preset=preset, ref_grid=(4, 4),
+                    num_extra_tokens=1)
+    x = torch.randn(2, 17, 16)
+    (blk(x, (4, 4)) * torch.randn(2, 17, 16)).sum().backward()
+    dead = [n for n, p in blk.named_parameters()
+            if p.grad is None or not p.grad.abs().max() > 0]
+    assert not dead, dead
+
+
+def test_block_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    blk = DIDBBlock(16, 2, preset='didb', ref_grid=(4, 4))
+    x = torch.randn(2, 16, 16, requires_grad=True)
+    blk(x, (4, 4)).sum().backward()
+    ref = [p.grad.clone() for p in blk.parameters()]
+    blk.zero_grad()
+    blk.with_cp = True
+    blk(x, (4, 4)).sum().backward()
+    for a, p in zip(ref, blk.parameters()):
+        torch.testing.assert_close(p.grad, a)
+
+
+def test_binary_mlp_fp_is_timm_mlp():
+    from timm.layers import Mlp
+    torch.manual_seed(0)
+    ref = Mlp(8, 32)
+    mlp = BinaryMlp(8, 32, 'fp')
+    with torch.no_grad():
+        for a, b in (('fc1', 'fc1'), ('fc2', 'fc2')):
+            getattr(mlp, a).linear.weight.copy_(getattr(ref, b).weight)
+            getattr(mlp, a).linear.bias.copy_(getattr(ref, b).bias)
+    x = torch.randn(2, 5, 8)
+    torch.testing.assert_close(mlp(x), ref(x))
+    binary = BinaryMlp(8, 32, 'react')
+    assert binary.fc1.shortcut.mode == 'repeat'
+    assert binary.fc2.shortcut.mode == 'average'

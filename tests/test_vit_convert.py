@@ -1,0 +1,156 @@
+"""Tests of the ViT / DeiT state-dict conversion (mmseg_didb.models.utils)."""
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+import timm
+import mmseg
+
+import mmseg_didb  # noqa: F401
+from mmseg_didb.models.utils.vit_convert import (adapt_to_target,
+                                                 convert_vit_checkpoint,
+                                                 detect_layout, is_fp_key,
+                                                 resize_grid_tokens,
+                                                 to_didb_layout)
+
+torch.set_num_threads(1)
+C, DEPTH = 32, 2
+
+
+def _timm_sd(distilled=False):
+    name = ('deit_tiny_distilled_patch16_224' if distilled
+            else 'deit_tiny_patch16_224')
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, embed_dim=C,
+                              depth=DEPTH, num_heads=2, img_size=64)
+    return model.state_dict()
+
+
+def _vit2mmseg():
+    """mmseg's own converter script (shipped in the wheel under .mim)."""
+    path = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools',
+                    'model_converters', 'vit2mmseg.py')
+    spec = importlib.util.spec_from_file_location('vit2mmseg', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.convert_vit
+
+
+def test_timm_layout_splits_qkv():
+    sd = _timm_sd()
+    assert detect_layout(sd) == 'timm'
+    out = to_didb_layout(sd)
+    qkv_w = sd['blocks.1.attn.qkv.weight']
+    qkv_b = sd['blocks.1.attn.qkv.bias']
+    for i, name in enumerate('qkv'):
+        assert torch.equal(out[f'layers.1.attn.{name}.linear.weight'],
+                           qkv_w[i * C:(i + 1) * C])
+        assert torch.equal(out[f'layers.1.attn.{name}.linear.bias'],
+                           qkv_b[i * C:(i + 1) * C])
+    assert torch.equal(out['layers.0.mlp.fc2.linear.weight'],
+                       sd['blocks.0.mlp.fc2.weight'])
+    assert torch.equal(out['layers.0.attn.proj.linear.bias'],
+                       sd['blocks.0.attn.proj.bias'])
+    assert torch.equal(out['patch_embed.projection.bias'],
+                       sd['patch_embed.proj.bias'])
+    assert 'norm.weight' in out and 'layers.1.norm2.bias' in out
+    assert not any('qkv' in k or k.startswith('blocks.') for k in out)
+
+
+def test_mmseg_layout_matches_timm_layout():
+    """vit2mmseg(timm) converted back equals the direct timm conversion."""
+    sd = _timm_sd()
+    mm = _vit2mmseg()(sd)
+    # The mmseg layout is the one mmseg's VisionTransformer really uses.
+    from mmseg.models.backbones import VisionTransformer
+    vit = VisionTransformer(img_size=64, embed_dims=C, num_layers=DEPTH,
+                            num_heads=2, patch_bias=True, final_norm=True)
+    assert set(vit.state_dict()) == set(mm)
+    assert detect_layout(mm) == 'mmseg'
+    a, b = to_didb_layout(sd), to_didb_layout(mm)
+    b = {k: v for k, v in b.items()}
+    # vit2mmseg drops the classification head, the timm path keeps it.
+    assert set(a) - set(b) == {'head.weight', 'head.bias'}
+    for k in b:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_wrapped_checkpoints_and_bad_layout():
+    sd = _timm_sd()
+    target = {k: v for k, v in to_didb_layout(sd).items()
+              if not k.startswith('head')}
+    ref, _ = convert_vit_checkpoint(sd, target, grid=(4, 4))
+    segmentor = {'state_dict': {f'backbone.{k}': v for k, v in sd.items()},
+                 'meta': {}}
+    segmentor['state_dict']['decode_head.conv_seg.weight'] = torch.zeros(1)
+    for ckpt in ({'model': sd}, segmentor,
+                 {f'module.{k}': v for k, v in sd.items()}):
+        out, report = convert_vit_checkpoint(ckpt, target, grid=(4, 4))
+        assert report['layout'] == 'timm'
+        assert out.keys() == ref.keys()
+    with pytest.raises(ValueError, match='Unrecognised'):
+        detect_layout({'foo.weight': torch.zeros(1)})
+
+
+def test_fp_key_pattern():
+    assert is_fp_key('layers.3.attn.q_low.linear.weight')
+    assert is_fp_key('patch_embed.projection.bias')
+    assert is_fp_key('norm.weight') and is_fp_key('pos_embed')
+    assert not is_fp_key('layers.3.attn.q_low.norm.weight')
+    assert not is_fp_key('layers.0.mlp.fc1.act.token_gamma')
+    assert not is_fp_key('layers.0.attn.diba_scale')
+    assert not is_fp_key('layers.0.attn.q.linear.input_quantizer.bias')
+
+
+def test_resize_grid_tokens_keeps_cls_and_is_identity_on_same_grid():
+    torch.manual_seed(0)
+    pos = torch.randn(1, 1 + 4 * 4, 8)
+    assert resize_grid_tokens(pos, (4, 4), (4, 4), 1) is pos
+    out = resize_grid_tokens(pos, (4, 4), (8, 6), 1, 'bilinear')
+    assert out.shape == (1, 1 + 48, 8)
+    assert torch.equal(out[:, 0], pos[:, 0])
+    # A constant map stays constant under interpolation.
+    const = torch.ones(1, 16, 1)
+    assert torch.allclose(resize_grid_tokens(const, (4, 4), (7, 5), 0),
+                          torch.ones(1, 35, 1))
+    with pytest.raises(ValueError, match='grid'):
+        resize_grid_tokens(pos, (5, 5), (4, 4), 1)
+
+
+def test_adapt_hfsc_copies_and_resizes():
+    sd = to_didb_layout(_timm_sd())
+    shapes = {k: v.shape for k, v in sd.items() if not k.startswith('head')}
+    for unit in ('q', 'k'):
+        for part in ('weight', 'bias'):
+            key = f'layers.0.attn.{unit}.linear.{part}'
+            s = shapes.pop(key)
+            shapes[key.replace(f'.{unit}.', f'.{unit}_low.')] = s
+            shapes[key.replace(f'.{unit}.', f'.{unit}_high.')] = s
+    shapes['pos_embed'] = torch.Size([1, 1 + 8 * 6, C])
+    shapes['layers.0.attn.proj.act.token_gamma'] = torch.Size([1, 49, 1])
+    sd['layers.0.attn.proj.act.token_gamma'] = torch.randn(1, 17, 1)
+    out, dropped = adapt_to_target(sd, shapes, grid=(8, 6))
+    assert sorted(dropped) == ['head.bias', 'head.weight']
+    q = sd['layers.0.attn.q.linear.weight']
+    assert torch.equal(out['layers.0.attn.q_low.linear.weight'], q)
+    assert torch.equal(out['layers.0.attn.q_high.linear.weight'], q)
+    assert 'layers.0.attn.q.linear.weight' not in out
+    # Layer 1 has no HFSC units in the target: its q stays as it is.
+    assert 'layers.1.attn.q.linear.weight' in out
+    assert out['pos_embed'].shape == (1, 49, C)
+    assert torch.equal(out['pos_embed'][:, 0], sd['pos_embed'][:, 0])
+    assert out['layers.0.attn.proj.act.token_gamma'].shape == (1, 49, 1)
+
+
+def test_distilled_deit_drops_dist_token():
+    sd = _timm_sd(distilled=True)
+    shapes = {k: v.shape for k, v in to_didb_layout(
+        _timm_sd()).items() if not k.startswith('head')}
+    model_sd = {k: torch.zeros(s) for k, s in shapes.items()}
+    out, report = convert_vit_checkpoint({'model': sd}, model_sd, grid=(4, 4))
+    assert {'dist_token', 'head_dist.weight'} <= set(report['dropped'])
+    assert report['kept_init'] == []
+    assert out['pos_embed'].shape == shapes['pos_embed']
+    assert torch.equal(out['pos_embed'][:, 0], sd['pos_embed'][:, 0])
+    assert torch.equal(out['pos_embed'][:, 1:], sd['pos_embed'][:, 2:])
