@@ -204,10 +204,20 @@ def is_installed(package: str) -> bool:
     return spec is not None and spec.origin is not None
 
 
+def package2module(package: str) -> str:
+    """``mmengine.utils.package_utils.package2module`` without
+    ``pkg_resources``: the first top-level module of a distribution."""
+    dist = _distribution(package)
+    if dist is None:
+        raise importlib.metadata.PackageNotFoundError(package)
+    top_level = dist.read_text('top_level.txt')
+    if top_level and top_level.split():
+        return top_level.split()[0]
+    raise ValueError(f'can not infer the module name of {package}')
+
+
 def get_installed_path(package: str) -> str:
     """``mmengine.utils.get_installed_path`` without ``pkg_resources``."""
-    from mmengine.utils.package_utils import package2module
-
     dist = _distribution(package)
     if dist is None:
         spec = importlib.util.find_spec(package)
@@ -254,6 +264,8 @@ def patch_package_lookup(force: bool = False) -> bool:
             module.is_installed = is_installed
         if hasattr(module, 'get_installed_path'):
             module.get_installed_path = get_installed_path
+        if hasattr(module, 'package2module'):
+            module.package2module = package2module
     return True
 
 

@@ -194,10 +194,17 @@ def test_unit_token_rprelu_and_options():
     prelu = BinaryLinearUnit(8, 4, 'bnn')
     assert type(prelu.act) is ChannelPReLU
     bn = BinaryLinearUnit(8, 4, dict(name='react', norm='bn'))
-    assert isinstance(bn.norm, nn.BatchNorm1d)
+    assert isinstance(bn.norm.bn, nn.BatchNorm1d)
     bn.train()
     y = bn(torch.randn(3, 7, 8))
     assert y.shape == (3, 7, 4)
+    # BatchNorm statistics per channel over batch and tokens
+    z = bn.linear(torch.randn(3, 7, 8))
+    zn = bn.norm(z)
+    torch.testing.assert_close(zn.mean((0, 1)), torch.zeros(4), atol=1e-5,
+                               rtol=0)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(bn)
+    assert isinstance(synced.norm.bn, nn.SyncBatchNorm)
 
 
 def test_binary_conv_unit_bypass_and_values():

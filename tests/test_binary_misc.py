@@ -152,7 +152,12 @@ def test_grs_loss_hand_value():
     torch.testing.assert_close(grs_loss(model), torch.tensor((r0 + r1) / 2))
     loss = grs_loss(model)
     loss.backward()
-    assert model[0].weight.grad is not None and model[3].weight.grad is None
+    # d/dW of (1/2) mean((|W| - a)^2), a a detached target:
+    # (1/2) (2/6) (|W| - a) sign(W) with |W| - a = [[-.5, .5, 0], [0, 0, 0]]
+    torch.testing.assert_close(
+        model[0].weight.grad,
+        torch.tensor([[-1 / 12, -1 / 12, 0.0], [0.0, 0.0, 0.0]]))
+    assert model[2].weight.grad is None and model[3].weight.grad is None
     empty = grs_loss(nn.Linear(2, 2))
     assert empty.item() == 0 and not empty.requires_grad
 

@@ -316,3 +316,17 @@ def test_quantizers_on_cuda_match_cpu():
     w = torch.randn(5, 8)
     for q in (SignWeight(), ReActWeight(), BWNWeight()):
         torch.testing.assert_close(q(w.cuda()).cpu(), q(w))
+
+
+def test_elastic_sign_init_under_torch_distributed(tmp_path):
+    dist = pytest.importorskip('torch.distributed')
+    if not dist.is_available() or dist.is_initialized():
+        pytest.skip('needs an available, uninitialised torch.distributed')
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/store',
+                            rank=0, world_size=1)
+    try:
+        q = ElasticSign(2)
+        q(torch.tensor([[1.0, -3.0]]))
+        assert q.alpha.item() == pytest.approx(4.0)  # 2 * mean|x| on 1 rank
+    finally:
+        dist.destroy_process_group()

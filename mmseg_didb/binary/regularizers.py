@@ -26,8 +26,9 @@ def binary_weight_layers(module: nn.Module,
                          ) -> Iterator[Tuple[str, nn.Module]]:
     """Yield ``(name, layer)`` for layers with a weight quantizer.
 
-    A layer qualifies when it has a ``weight`` tensor and a ``weight_quantizer``
-    of kind 'weight' (enabled, unless ``enabled_only`` is False).
+    A layer qualifies when it has a ``weight`` tensor and a
+    ``weight_quantizer`` of kind 'weight' (enabled, unless ``enabled_only``
+    is False).
     """
     for name, m in module.named_modules():
         q = getattr(m, 'weight_quantizer', None)
@@ -62,8 +63,8 @@ class GRSSchedule:
     """Linear ramp of the GRS loss weight.
 
     ``lambda(t) = 0`` for ``t < start_iter``, then
-    ``weight * min(1, (t - start_iter) / warmup_iters)`` (``weight`` at once when
-    ``warmup_iters`` is 0).
+    ``weight * min(1, (t - start_iter) / warmup_iters)`` (``weight`` at once
+    when ``warmup_iters`` is 0).
 
     Args:
         weight: final loss weight (>= 0).
@@ -74,8 +75,8 @@ class GRSSchedule:
     def __init__(self, weight: float, warmup_iters: int,
                  start_iter: int = 0) -> None:
         if weight < 0 or warmup_iters < 0 or start_iter < 0:
-            raise ValueError('GRSSchedule needs weight >= 0, warmup_iters >= 0 '
-                             f'and start_iter >= 0, got {weight}, '
+            raise ValueError('GRSSchedule needs weight >= 0, warmup_iters '
+                             f'>= 0 and start_iter >= 0, got {weight}, '
                              f'{warmup_iters}, {start_iter}')
         self.weight = float(weight)
         self.warmup_iters = int(warmup_iters)

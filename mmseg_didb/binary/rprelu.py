@@ -2,8 +2,8 @@
 
 * :class:`ChannelPReLU`: PReLU on an arbitrary channel axis (``nn.PReLU`` only
   handles axis 1, tokens are (B, N, C)).
-* :class:`RPReLU`: ``f(x) = PReLU_c(x - gamma_c) + zeta_c`` (ReActNet, Liu et al.
-  ECCV 2020, Eq. 4).
+* :class:`RPReLU`: ``f(x) = PReLU_c(x - gamma_c) + zeta_c`` (ReActNet, Liu et
+  al. ECCV 2020, Eq. 4).
 * :class:`TokenRPReLU`: the DIDB-ViT "improved RPReLU" (Gao et al. 2025,
   arXiv 2507.02222) with per-token terms
   ``f(x_nc) = PReLU_c(x_nc - gamma_c - gamma'_n) + zeta_c + zeta'_n``.
@@ -57,8 +57,8 @@ class ChannelPReLU(nn.Module):
 class RPReLU(ChannelPReLU):
     """ReActNet RPReLU: ``PReLU_c(x - gamma_c) + zeta_c``.
 
-    ReActNet (Liu et al. ECCV 2020), Eq. 4; ``gamma`` and ``zeta`` init 0, PReLU
-    slope init 0.25.
+    ReActNet (Liu et al. ECCV 2020), Eq. 4; ``gamma`` and ``zeta`` init 0,
+    PReLU slope init 0.25.
 
     Args:
         num_channels: number of channels C.
@@ -105,10 +105,10 @@ class TokenRPReLU(RPReLU):
     (DIDB-ViT, Gao et al. 2025, arXiv 2507.02222, improved RPReLU).
 
     ``mode='static'``: gamma', zeta' are learnable maps ``token_gamma``,
-    ``token_zeta`` of shape (1, extra + Hr*Wr, 1) on a reference token grid (the
-    pretraining grid of the stage), resized bilinearly to the actual grid like a
-    position embedding (extra tokens such as CLS are not resized); zero-init, so
-    the module starts as :class:`RPReLU`.
+    ``token_zeta`` of shape (1, extra + Hr*Wr, 1) on a reference token grid
+    (the pretraining grid of the stage), resized bilinearly to the actual grid
+    like a position embedding (extra tokens such as CLS are not resized);
+    zero-init, so the module starts as :class:`RPReLU`.
 
     ``mode='dynamic'`` (reconstruction; the paper only says "per-token
     adjustments"): ``gamma'_nc = kg_c * mean_c(x_n)`` and
@@ -148,7 +148,7 @@ class TokenRPReLU(RPReLU):
 
     def token_maps(self, hw: Optional[Sequence[int]],
                    num_tokens: int) -> Tuple[Tensor, Tensor]:
-        """Static per-token (gamma', zeta') resized to ``hw``, (1, N, 1) each."""
+        """Static per-token (gamma', zeta') at grid ``hw``: (1, N, 1) each."""
         assert self.ref_grid is not None
         if hw is None:
             if num_tokens != self.token_gamma.shape[1]:
@@ -170,8 +170,8 @@ class TokenRPReLU(RPReLU):
                 hw: Optional[Sequence[int]] = None) -> Tensor:
         """Apply to tokens ``x`` (B, N, C); ``hw`` is the actual token grid."""
         if x.dim() != 3:
-            raise ValueError(f'TokenRPReLU expects tokens (B, N, C), got shape '
-                             f'{tuple(x.shape)}')
+            raise ValueError('TokenRPReLU expects tokens (B, N, C), got '
+                             f'shape {tuple(x.shape)}')
         if self.mode == 'static':
             tg, tz = self.token_maps(hw, x.shape[1])
             tg, tz = tg.to(x.dtype), tz.to(x.dtype)

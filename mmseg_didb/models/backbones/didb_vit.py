@@ -141,7 +141,8 @@ class DIDBViT(BaseModule):
         super().__init__(init_cfg=init_cfg)
         if pretrained is not None:
             if init_cfg is not None:
-                raise ValueError('Set either init_cfg or pretrained, not both.')
+                raise ValueError(
+                    'Set either init_cfg or pretrained, not both.')
             if not isinstance(pretrained, str):
                 raise TypeError('pretrained must be a path (str) or None.')
             warnings.warn('DIDBViT: `pretrained` is deprecated, use '
@@ -158,7 +159,8 @@ class DIDBViT(BaseModule):
             raise ValueError(f'embed_dims ({embed_dims}) must be divisible by '
                              f'num_heads ({num_heads}).')
         if output_cls_token and not with_cls_token:
-            raise ValueError('output_cls_token=True needs with_cls_token=True.')
+            raise ValueError(
+                'output_cls_token=True needs with_cls_token=True.')
 
         self.preset = resolve_preset(preset, **(preset_overrides or {}))
         self.img_size = to_2tuple(img_size) if isinstance(img_size, int) \
@@ -275,7 +277,8 @@ class DIDBViT(BaseModule):
                                      self.interpolate_mode)
         return self.drop_after_pos(x + pos)
 
-    def _to_output(self, x: Tensor, hw: Tuple[int, int]) -> Union[Tensor, list]:
+    def _to_output(self, x: Tensor,
+                   hw: Tuple[int, int]) -> Union[Tensor, list]:
         tokens = x[:, self.num_extra_tokens:]
         b, _, c = tokens.shape
         out = tokens.reshape(b, hw[0], hw[1], c).permute(0, 3, 1, 2)
@@ -285,7 +288,8 @@ class DIDBViT(BaseModule):
         return out
 
     def forward(self, inputs: Tensor) -> tuple:
-        """Args: inputs: (B, 3, H, W) images (padded to a patch multiple).
+        """Args: inputs: (B, 3, H, W) images of any size (zero-padded at the
+        bottom/right to a patch multiple by the stem).
 
         Returns:
             tuple: one ``(B, C, ceil(H/16), ceil(W/16))`` map per

@@ -178,6 +178,9 @@ class DIDBAttention(nn.Module):
             ``~1/197`` for DeiT; with a fixed 0.005 every probability of a
             small Swin window exceeds ``a`` and q/k receive no gradient).
             Default: ``num_extra_tokens + H * W`` of ``ref_grid`` if given.
+        hfsc_low: Low band of HFSC: ``'ll'`` (DESIGN: the orthonormal Haar LL,
+            twice the local 2x2 mean, so ``X_H = X - LL``) or ``'mean'`` (the
+            local mean, making ``X_H`` a zero-mean high-pass detail).
     """
 
     def __init__(self,
@@ -189,7 +192,8 @@ class DIDBAttention(nn.Module):
                  proj_drop: float = 0.,
                  ref_grid: Optional[Tuple[int, int]] = None,
                  num_extra_tokens: int = 0,
-                 attn_tokens: Optional[int] = None) -> None:
+                 attn_tokens: Optional[int] = None,
+                 hfsc_low: str = 'll') -> None:
         super().__init__()
         preset = resolve_preset(preset)
         if embed_dims % num_heads:
@@ -208,6 +212,9 @@ class DIDBAttention(nn.Module):
         self.num_extra_tokens = num_extra_tokens
         self.ref_grid = None if ref_grid is None else _pair(ref_grid)
         self.hfsc = preset.hfsc
+        if hfsc_low not in ('ll', 'mean'):
+            raise ValueError(f"hfsc_low must be 'll' or 'mean', got {hfsc_low!r}")
+        self.hfsc_low = hfsc_low
 
         def unit(in_f: int, out_f: int, bias: bool = True) -> nn.Module:
             return BinaryLinearUnit(
@@ -281,7 +288,7 @@ class DIDBAttention(nn.Module):
         Extra tokens have no grid and are passed unchanged to both branches.
         """
         extra, grid = self._split_grid(x, hw)
-        low, high = haar_split(grid, low='ll')
+        low, high = haar_split(grid, low=self.hfsc_low)
         return self._join_grid(extra, low), self._join_grid(extra, high)
 
     def diba_local(self, v: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:

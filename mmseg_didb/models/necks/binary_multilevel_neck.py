@@ -1,4 +1,4 @@
-"""BinaryMultiLevelNeck: mmseg's ViT-to-UPerHead neck with binary conv units."""
+"""BinaryMultiLevelNeck: mmseg's ViT-to-UPerHead neck, binary conv units."""
 from typing import List, Optional, Sequence, Union
 
 import torch.nn as nn
@@ -17,7 +17,10 @@ class BinaryMultiLevelNeck(MultiLevelNeck):
 
     The topology (per-level lateral conv, bilinear rescale by ``scales``,
     per-level 3x3 conv) and ``forward`` are mmseg's; only the conv blocks
-    differ.
+    differ. The FP bypass of a unit repeats (widening) or group-averages
+    (narrowing) channels; a lateral conv whose widths are not multiples of
+    each other has no bypass. With ``preset='fp'`` the units are
+    conv-BN-ReLU (use mmseg's ``MultiLevelNeck`` for the plain FP neck).
 
     Args:
         in_channels: Channels of each backbone output.
@@ -68,6 +71,10 @@ class BinaryMultiLevelNeck(MultiLevelNeck):
             if self.norm_cfg is not None else None
         act = build_activation_layer(self.act_cfg) \
             if self.act_cfg is not None else None
+        # The FP bypass repeats or group-averages channels; other width
+        # ratios (e.g. 96 -> 64) have none and the unit is conv-norm-act.
+        bypass = (max(in_channels, out_channels) %
+                  min(in_channels, out_channels) == 0)
         return BinaryConvUnit(
             in_channels,
             out_channels,
@@ -75,4 +82,5 @@ class BinaryMultiLevelNeck(MultiLevelNeck):
             self.preset,
             padding=padding,
             norm=norm,
-            act=act)
+            act=act,
+            bypass=bypass)

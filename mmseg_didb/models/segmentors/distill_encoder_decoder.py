@@ -74,6 +74,13 @@ def load_teacher_checkpoint(teacher: nn.Module, checkpoint: str) -> None:
             'Use the config the checkpoint was trained with.')
 
 
+def _channel_conversion(preprocessor: nn.Module) -> bool:
+    """Whether a data preprocessor swaps BGR / RGB (mmseg or mmengine)."""
+    return bool(
+        getattr(preprocessor, 'channel_conversion',
+                getattr(preprocessor, '_channel_conversion', False)))
+
+
 @MODELS.register_module()
 class DistillEncoderDecoder(BinaryEncoderDecoder):
     """``BinaryEncoderDecoder`` trained with per-pixel KD from an FP teacher.
@@ -201,8 +208,7 @@ class DistillEncoderDecoder(BinaryEncoderDecoder):
         s_pre, t_pre = self.data_preprocessor, self.teacher.data_preprocessor
         s_norm = getattr(s_pre, '_enable_normalize', False)
         t_norm = getattr(t_pre, '_enable_normalize', False)
-        s_flip = getattr(s_pre, '_channel_conversion', False)
-        t_flip = getattr(t_pre, '_channel_conversion', False)
+        s_flip, t_flip = _channel_conversion(s_pre), _channel_conversion(t_pre)
         same = s_norm == t_norm and s_flip == t_flip and (
             not s_norm or (torch.equal(s_pre.mean.cpu(), t_pre.mean.cpu())
                            and torch.equal(s_pre.std.cpu(), t_pre.std.cpu())))

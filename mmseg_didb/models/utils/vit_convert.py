@@ -38,7 +38,8 @@ from .checkpoint import unwrap_state_dict
 
 __all__ = [
     'FP_KEY_PATTERN', 'is_fp_key', 'detect_layout', 'to_didb_layout',
-    'resize_grid_tokens', 'adapt_to_target', 'convert_vit_state_dict',
+    'resize_grid_tokens', 'infer_token_grid', 'adapt_to_target',
+    'convert_vit_state_dict',
     'convert_vit_checkpoint'
 ]
 
@@ -68,7 +69,8 @@ def is_fp_key(key: str) -> bool:
 
 
 def detect_layout(sd: Mapping[str, Tensor]) -> str:
-    """Name the layout of a ViT state dict: ``'timm'``, ``'mmseg'``, ``'didb'``.
+    """Name the layout of a ViT state dict: ``'timm'``, ``'mmseg'`` or
+    ``'didb'``.
 
     Raises:
         ValueError: if the keys match none of them.
@@ -76,7 +78,7 @@ def detect_layout(sd: Mapping[str, Tensor]) -> str:
     keys = list(sd)
     if any(re.match(r'blocks\.\d+\.', k) for k in keys):
         return 'timm'
-    if any('.attn.attn.in_proj_weight' in k or '.ffn.layers.' in k
+    if any(re.match(r'layers\.\d+\.(attn\.attn\.in_proj_|ffn\.layers\.)', k)
            for k in keys):
         return 'mmseg'
     if any(re.match(r'layers\.\d+\.(attn|mlp|norm1)\.', k) for k in keys):
@@ -163,7 +165,8 @@ def to_didb_layout(sd: Mapping[str, Tensor],
     """Rename a timm / DeiT / mmseg / own ViT state dict to DIDBViT keys.
 
     Args:
-        sd: The plain state dict (see :func:`~mmseg_didb.models.utils.checkpoint.unwrap_state_dict`).
+        sd: The plain state dict (see
+            :func:`~mmseg_didb.models.utils.checkpoint.unwrap_state_dict`).
         layout: ``'timm'``, ``'mmseg'`` or ``'didb'``; detected if None.
 
     Returns:
@@ -177,7 +180,8 @@ def to_didb_layout(sd: Mapping[str, Tensor],
         return _mmseg_to_didb(sd)
     if layout == 'didb':
         return dict(sd)
-    raise ValueError(f'layout must be "timm", "mmseg" or "didb", got {layout!r}')
+    raise ValueError(
+        f'layout must be "timm", "mmseg" or "didb", got {layout!r}')
 
 
 def resize_grid_tokens(tokens: Tensor, src_grid: Sequence[int],
@@ -219,6 +223,12 @@ def _square_grid(num_tokens: int, candidates: Sequence[int],
         f'{key}: cannot infer the token grid of {num_tokens} tokens (not a '
         'square grid plus extra tokens). Pass src_grid=(H, W) of the '
         'checkpoint\'s pretraining grid.')
+
+
+def infer_token_grid(num_tokens: int) -> Tuple[Tuple[int, int], int]:
+    """``((H, W), extra)`` of a square position embedding of ``num_tokens``
+    rows (1 CLS row, 2 for distilled DeiT, or none)."""
+    return _square_grid(num_tokens, (1, 2, 0), 'pos_embed')
 
 
 def _fit_grid_param(key: str, v: Tensor, target_shape: torch.Size,

@@ -1,0 +1,164 @@
+"""Shared fixtures: a tiny texture-mosaic dataset, a tiny config, a 2-iteration
+training run through ``tools/train.py`` and a helper that runs the tools in a
+subprocess with this interpreter."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, List
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # also works without `pip install -e .`
+    sys.path.insert(0, str(REPO_ROOT))
+
+# A tiny FP model from mmseg itself, so the tool tests do not depend on the
+# plugin's own models: Swin (2 stages) + FCN head on 64x64 crops.
+TINY_CONFIG = """\
+_base_ = [
+    {dataset_base!r},
+    'mmseg::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['mmseg_didb'], allow_failed_imports=False)
+data_root = {data_root!r}
+crop_size = (64, 64)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=2,
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(data_root=data_root,
+                                   pipeline=test_pipeline))
+test_dataloader = val_dataloader
+model = dict(
+    type='EncoderDecoder',
+    data_preprocessor=dict(
+        type='SegDataPreProcessor',
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True,
+        pad_val=0,
+        seg_pad_val=255,
+        size=crop_size),
+    backbone=dict(
+        type='SwinTransformer',
+        pretrain_img_size=64,
+        embed_dims=16,
+        patch_size=4,
+        window_size=4,
+        mlp_ratio=2,
+        depths=(1, 1),
+        num_heads=(1, 2),
+        strides=(4, 2),
+        out_indices=(0, 1)),
+    decode_head=dict(
+        type='FCNHead',
+        in_channels=32,
+        in_index=1,
+        channels=16,
+        num_convs=1,
+        concat_input=False,
+        num_classes=8,
+        norm_cfg=dict(type='BN', requires_grad=True),
+        align_corners=False,
+        loss_decode=dict(
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+    train_cfg=dict(),
+    test_cfg=dict(mode='whole'))
+optim_wrapper = dict(
+    type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3))
+param_scheduler = [
+    dict(type='PolyLR', power=1.0, by_epoch=False, begin=0, end=4)
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_interval=100)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=1, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='SegVisualizationHook'))
+randomness = dict(seed=0)
+"""
+
+
+@pytest.fixture(scope='session')
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope='session')
+def texture_data(tmp_path_factory) -> Path:
+    """A small texture-mosaic build: 8 training and 4 validation 64x64
+    images, seed 0."""
+    from mmseg_didb.datasets.texture_maker import MosaicSpec, build_dataset
+
+    root = tmp_path_factory.mktemp('texture_mosaic')
+    build_dataset(
+        str(root),
+        MosaicSpec(seed=0, size=64, num_train=8, num_val=4),
+        verbose=False)
+    return root
+
+
+@pytest.fixture(scope='session')
+def tiny_config(tmp_path_factory, texture_data) -> Path:
+    """A config file for a tiny mmseg model on ``texture_data``."""
+    path = tmp_path_factory.mktemp('configs') / 'tiny_texture.py'
+    path.write_text(
+        TINY_CONFIG.format(
+            dataset_base=str(REPO_ROOT / 'configs' / '_base_' / 'datasets' /
+                             'texture_mosaic.py'),
+            data_root=str(texture_data)))
+    return path
+
+
+def _run_tool(args: List[str], timeout: float = 600,
+              check: bool = True) -> subprocess.CompletedProcess:
+    """Runs ``python <args>`` from the repository root with this
+    interpreter; stdout and stderr are merged into ``.stdout``."""
+    env = dict(os.environ)
+    env.setdefault('OMP_NUM_THREADS', '1')
+    proc = subprocess.run([sys.executable, *map(str, args)],
+                          cwd=str(REPO_ROOT),
+                          env=env,
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT,
+                          text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{" ".join(map(str, args))} failed with '
+                             f'{proc.returncode}:\n{proc.stdout[-6000:]}')
+    return proc
+
+
+@pytest.fixture(scope='session')
+def run_tool() -> Callable[..., subprocess.CompletedProcess]:
+    return _run_tool
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory, tiny_config):
+    """A 2-iteration training run through ``tools/train.py``.
+
+    Returns:
+        tuple: ``(work_dir, train output)``; the work dir holds the
+        Runner checkpoints ``iter_1.pth`` and ``iter_2.pth``.
+    """
+    work_dir = tmp_path_factory.mktemp('tiny_run')
+    proc = _run_tool(
+        ['tools/train.py', tiny_config, '--work-dir', work_dir])
+    return work_dir, proc.stdout

@@ -1,0 +1,122 @@
+"""Training-step and inference speed and peak memory, model vs FP counterpart.
+
+Usage::
+
+    python tools/analysis/benchmark.py CONFIG [--vs FP_CONFIG] [--shape H W]
+        [--batch-size N] [--warmup N] [--repeats N] [--device cpu|cuda]
+        [--threads N] [--json [PATH]]
+
+Both models are built, timed and measured in the same process, one after the
+other (the FP one last), on random data: ``train`` is a full optimisation step
+(forward + loss + backward + AdamW step), ``infer`` is ``predict`` without
+gradients. Medians over ``--repeats`` after ``--warmup`` iterations, peak memory
+above the pre-build baseline, and the ratio model / FP are printed. On CPU each
+model and phase runs in a fresh child process so that peak resident memory is
+not inflated by earlier work (``--no-isolate`` to disable). CUDA is
+used when available unless ``--device cpu``. The FP counterpart defaults to the
+same config with every ``preset`` set to ``'fp'``.
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+
+import torch
+
+sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
+
+from mmengine.config import DictAction  # noqa: E402
+
+from mmseg_didb.analysis import (build_segmentor, fp_counterpart,  # noqa: E402
+                                 load_config)
+from mmseg_didb.analysis.benchmark import (  # noqa: E402
+    benchmark_isolated, benchmark_model, describe_device, format_results,
+    results_dict)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='model config file')
+    parser.add_argument(
+        '--vs', default='auto', metavar='CONFIG',
+        help="FP counterpart config; 'auto' (default) sets every preset to "
+        "'fp'; 'none' benchmarks the model alone")
+    parser.add_argument('--shape', type=int, nargs='+', default=[512, 512],
+                        metavar='H W', help='input size (default 512 512)')
+    parser.add_argument(
+        '--batch-size', type=int, default=2,
+        help='images per step (default 2, as per GPU in the configs; the PPM '
+        'BatchNorm of UPerHead needs >= 2 in training)')
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--device', default=None,
+                        help='cpu or cuda (default: cuda when available)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch CPU threads (default: torch default)')
+    parser.add_argument('--phases', nargs='+', default=['train', 'infer'],
+                        choices=['train', 'infer'])
+    parser.add_argument(
+        '--no-isolate', action='store_true',
+        help='on CPU, run everything in this process (default: each model '
+        'and phase in a fresh child process, for clean peak-RSS numbers)')
+    parser.add_argument('--json', nargs='?', const='-', default=None,
+                        metavar='PATH', help='write JSON (stdout if no PATH)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    args = parser.parse_args(argv)
+    if len(args.shape) == 1:
+        args.shape = args.shape * 2
+    if len(args.shape) != 2 or min(args.shape) < 1:
+        parser.error('--shape takes H W (or one size for a square input)')
+    if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
+        parser.error('--repeats and --batch-size must be >= 1, --warmup >= 0')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda but no CUDA device is available')
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    cfg = load_config(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    models = [(osp.splitext(osp.basename(args.config))[0], cfg)]
+    if args.vs != 'none':
+        if args.vs == 'auto':
+            models.append(('fp (preset=fp)', fp_counterpart(cfg)))
+        else:
+            vs = load_config(args.vs)
+            if args.cfg_options:
+                vs.merge_from_dict(args.cfg_options)
+            models.append((osp.splitext(osp.basename(args.vs))[0], vs))
+    shape = tuple(args.shape)
+    results = []
+    common = dict(shape=shape, batch_size=args.batch_size,
+                  warmup=args.warmup, repeats=args.repeats, device=device,
+                  phases=tuple(args.phases))
+    for name, model_cfg in models:
+        if device == 'cpu' and not args.no_isolate:
+            results.append(benchmark_isolated(
+                model_cfg, name, threads=torch.get_num_threads(), **common))
+        else:
+            results.append(benchmark_model(
+                lambda c=model_cfg: build_segmentor(c), name, **common))
+    out = dict(device=describe_device(device), shape=list(shape),
+               batch_size=args.batch_size, warmup=args.warmup,
+               repeats=args.repeats, threads=torch.get_num_threads(),
+               results=results_dict(results))
+    if args.json == '-':
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_results(results, out['device'], shape, args.batch_size))
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(out, f, indent=2)
+    return out
+
+
+if __name__ == '__main__':
+    main()

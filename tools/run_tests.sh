@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run the test suite in the project environment (created on first use).
+#
+#   bash tools/run_tests.sh [pytest args...]     e.g. -k dataset -x -q
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/tools/setup_env.sh"
+cd "$ROOT"
+
+# One BLAS/OpenMP thread per core, at most 4 (small test models gain nothing
+# from more).
+ncpu="$(nproc 2>/dev/null || echo 2)"
+threads=$(( ncpu < 4 ? ncpu : 4 ))
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$threads}"
+export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$OMP_NUM_THREADS}"
+
+exec "${MMSEG_DIDB_VENV:-$ROOT/.venv}/bin/python" -m pytest tests "$@"
