@@ -29,10 +29,12 @@ Each fix is small, only acts when its problem is present, and is covered by
 3. **``mmseg::`` config inheritance without ``pkg_resources``**
    (:func:`patch_package_lookup`). mmengine 0.10.7 resolves
    ``_base_ = ['mmseg::...']`` through ``pkg_resources``, which setuptools >= 82
-   removed (pypa/setuptools#5007). The lock pins ``setuptools<82``; when
-   ``pkg_resources`` is missing anyway, mmengine's ``is_installed`` and
-   ``get_installed_path`` are replaced by ``importlib.metadata`` versions
-   (the fix mmengine merged upstream after 0.10.7, open-mmlab/mmengine#1676).
+   removed (pypa/setuptools#5007) and which warns and rescans every installed
+   distribution on each lookup before that. mmengine's ``is_installed``,
+   ``get_installed_path`` and ``package2module`` are replaced by
+   ``importlib.metadata`` versions, the fix mmengine merged after 0.10.7
+   (open-mmlab/mmengine#1676). The lock also pins ``setuptools<82`` for other
+   users of ``pkg_resources``.
 """
 from __future__ import annotations
 
@@ -235,37 +237,32 @@ def get_installed_path(package: str) -> str:
     return osp.join(location, package2module(package))
 
 
-def _pkg_resources_available() -> bool:
-    # find_spec, not import: importing pkg_resources is slow and warns.
-    return importlib.util.find_spec('pkg_resources') is not None
-
-
-def patch_package_lookup(force: bool = False) -> bool:
-    """Makes ``mmseg::`` config paths work when ``pkg_resources`` is missing.
-
-    Args:
-        force: Patch even when ``pkg_resources`` is importable (tests).
+def patch_package_lookup() -> bool:
+    """Makes mmengine's package lookup (``mmseg::`` config paths) use
+    ``importlib.metadata`` instead of ``pkg_resources``.
 
     Returns:
-        bool: True if mmengine's lookup functions were replaced.
+        bool: True if mmengine's lookup functions were replaced (False only
+        when mmengine is not installed).
     """
-    if not force and _pkg_resources_available():
+    if importlib.util.find_spec('mmengine') is None:
         return False
     import mmengine.config.config as config_module
     import mmengine.utils as utils_module
     import mmengine.utils.package_utils as package_utils
 
     # mmengine imports these by name, so each importing module is patched.
+    replacements = dict(
+        is_installed=is_installed,
+        get_installed_path=get_installed_path,
+        package2module=package2module)
     for module in (package_utils, utils_module, config_module,
                    sys.modules.get('mmengine.hub.hub')):
         if module is None:
             continue
-        if hasattr(module, 'is_installed'):
-            module.is_installed = is_installed
-        if hasattr(module, 'get_installed_path'):
-            module.get_installed_path = get_installed_path
-        if hasattr(module, 'package2module'):
-            module.package2module = package2module
+        for name, func in replacements.items():
+            if hasattr(module, name):
+                setattr(module, name, func)
     return True
 
 

@@ -124,8 +124,10 @@ def test_hfsc_split_low_is_haar_ll_and_high_the_rest():
     grid = x[:, 1:].transpose(1, 2).reshape(2, 4, 4, 6)
     ll, _ = haar_split(grid)
     torch.testing.assert_close(low[:, 1:], ll.flatten(2).transpose(1, 2))
-    torch.testing.assert_close(low + high - x[:, :1].new_zeros(1),
-                               torch.cat([2 * x[:, :1], x[:, 1:]], 1))
+    torch.testing.assert_close(high[:, 1:], x[:, 1:] - low[:, 1:])
+    # the CLS token has no grid: both branches see the token itself
+    assert torch.equal(low[:, :1], x[:, :1]) and torch.equal(high[:, :1],
+                                                             x[:, :1])
     # constant map: LL is twice the local mean (orthonormal Haar), so the
     # 'll' residual is -x; the 'mean' option leaves no high-frequency content
     const = torch.ones(1, 24, 4)
@@ -146,8 +148,6 @@ def test_submodule_names_follow_the_contract():
     assert isinstance(didb.proj.act, TokenRPReLU)
     # {0, a} binarizer starts at 1/N (N = 16 keys)
     assert torch.allclose(didb.attn_quant.alpha, torch.tensor([1 / 16]))
-    off = DIDBAttention(16, 2, 'didb', ref_grid=(4, 4), num_extra_tokens=0)
-    off.preset  # noqa: B018
     plain = DIDBAttention(16, 2, PRESETS['didb'].replace(
         hfsc=False, diba_local=False, diba_shortcut=False, token_rprelu=False))
     assert hasattr(plain, 'q') and not hasattr(plain, 'q_low')

@@ -1,1 +1,10 @@
+from .checkpoint import (CheckpointMismatchError, load_checkpoint_strict,
+                         read_checkpoint, resolve_checkpoint_path,
+                         unwrap_state_dict)
+from .swin_convert import convert_swin_state_dict, detect_swin_layout
 
+__all__ = [
+    'CheckpointMismatchError', 'load_checkpoint_strict', 'read_checkpoint',
+    'resolve_checkpoint_path', 'unwrap_state_dict', 'convert_swin_state_dict',
+    'detect_swin_layout'
+]
