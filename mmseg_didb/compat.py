@@ -1,8 +1,8 @@
 """Compatibility fixes for mmseg 1.2.2 / mmengine 0.10.7 on a modern stack.
 
 ``import mmseg_didb`` calls :func:`apply` once, before mmseg builds anything.
-Each fix is small, only acts when its problem is present, and is covered by
-``tests/test_compat.py``:
+Each fix is narrow (it changes only what its upstream problem breaks) and is
+covered by ``tests/test_compat.py``:
 
 1. **mmcv-lite has no compiled ops** (:func:`install_mmcv_ext_placeholder`).
    mmseg 1.2.2 imports ``mmcv.ops`` unguarded (``mmseg/utils/

@@ -128,7 +128,8 @@ def _didb_swin(arch: str, pretrained: bool, **kwargs) -> DIDBClassifier:
     kwargs.setdefault('pretrain_img_size', kwargs.pop('img_size', 224))
     # the segmentation layout (all four outputs and their norms) keeps the
     # checkpoint keys identical to the segmentation backbone's
-    kwargs.setdefault('out_indices', (0, 1, 2, 3))
+    num_stages = len(kwargs.get('depths') or (0, 0, 0, 0))
+    kwargs.setdefault('out_indices', tuple(range(num_stages)))
     backbone = MODELS.build(dict(type='DIDBSwin', arch=arch, **kwargs))
     backbone.init_weights()
     return DIDBClassifier(backbone, backbone.num_features[-1], num_classes,

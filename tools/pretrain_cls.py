@@ -16,18 +16,18 @@ backbone alone, keys without prefix) with ``latest.pth`` /
 ``latest_backbone.pth`` copies. A segmentation config uses the latter as
 ``backbone.init_cfg=dict(type='Pretrained', checkpoint=...)``.
 
-Example (a binary DIDB Swin student, KD from an FP DeiT-Tiny teacher trained
-by the same script without ``--teacher``)::
+Example (an FP teacher, then a binary DIDB Swin student distilled from it)::
 
-    python tools/pretrain_cls.py data/texture_cls --model deit_tiny_patch16_224 \
-        --model-kwargs '{"img_size": 64, "patch_size": 8}' --img-size 64 \
-        --epochs 30 --work-dir work_dirs/cls_teacher
+    python tools/make_cls_folder.py data/texture_cls --size 64
     python tools/pretrain_cls.py data/texture_cls \
-        --model didb_swin_tiny_patch4_window7_224 --preset didb \
-        --model-kwargs '{"img_size": 64, "window_size": 4}' --img-size 64 \
-        --teacher deit_tiny_patch16_224 \
+        --model vit_tiny_patch16_224 --img-size 64 \
+        --model-kwargs '{"img_size": 64, "patch_size": 8}' \
+        --epochs 30 --work-dir work_dirs/cls_fp_teacher
+    python tools/pretrain_cls.py data/texture_cls \
+        --model didb_swin_tiny_patch4_window7_224 --preset didb --img-size 64 \
+        --teacher vit_tiny_patch16_224 \
         --teacher-kwargs '{"img_size": 64, "patch_size": 8}' \
-        --teacher-checkpoint work_dirs/cls_teacher/latest.pth \
+        --teacher-checkpoint work_dirs/cls_fp_teacher/latest.pth \
         --epochs 30 --work-dir work_dirs/cls_didb_swin
 """
 import argparse
@@ -84,6 +84,10 @@ def parse_args(argv=None):
         '--kd-alpha', type=float, default=1.0,
         help='loss = alpha * KD + (1 - alpha) * CE(labels); 1 = pure KD '
         '(BinaryViT)')
+    parser.add_argument(
+        '--init-checkpoint', default=None,
+        help='start from these weights (e.g. stage 2 of two-step training '
+        'from the --fp-weights stage-1 checkpoint); keys must all match')
     parser.add_argument('--fp-weights', action='store_true',
                         help='stage 1 of two-step training: binary '
                         'activations, FP weights')
@@ -182,7 +186,8 @@ def load_weights(model: nn.Module, path: str) -> None:
         raise SystemExit(
             f'{path} does not match {type(model).__name__}: missing '
             f'{missing[:6]}, unexpected {unexpected[:6]} ({len(missing)} / '
-            f'{len(unexpected)} keys). Check --teacher / --teacher-kwargs.')
+            f'{len(unexpected)} keys). Check the model name and its '
+            '--*-kwargs against the checkpoint.')
 
 
 def build_teacher(args, num_classes: int) -> Optional[nn.Module]:
@@ -285,6 +290,8 @@ def main(argv=None) -> str:
     model = timm.create_model(
         args.model, pretrained=False, num_classes=len(classes),
         **model_kwargs).to(device)
+    if args.init_checkpoint:
+        load_weights(model, args.init_checkpoint)
     if args.fp_weights:
         set_binarization(model, weights=False)
     teacher = build_teacher(args, len(classes))
@@ -359,7 +366,7 @@ def main(argv=None) -> str:
             it += 1
             record = dict(epoch=epoch + 1, iter=it, loss=loss.item(),
                           lr=optimizer.param_groups[0]['lr'],
-                          **{k: float(v) for k, v in terms.items()})
+                          **{k: float(v.detach()) for k, v in terms.items()})
             if use_bar:
                 batches.set_postfix(loss=f'{record["loss"]:.4f}',
                                     lr=f'{record["lr"]:.2e}')

@@ -5,7 +5,7 @@ Accepted source layouts (detected from the keys):
 * ``timm``: timm ``VisionTransformer`` / DeiT state dicts, and the official
   DeiT release (``{'model': state_dict}``, same key names as timm).
 * ``mmseg``: a ViT converted for mmseg's ``VisionTransformer``
-  (``tools/model_converters/vit2mmseg.py`` layout: ``layers.i.attn.attn.
+  (the layout of mmseg's ``tools/model_converters/vit2mmseg.py``: ``layers.i.attn.attn.
   in_proj_weight``, ``layers.i.ffn.layers.0.0`` ...).
 * ``didb``: the plugin's own checkpoints (any preset), with or without a
   ``backbone.`` / ``module.`` prefix.
@@ -15,9 +15,11 @@ DIDBViT key layout with FP attention units (``attn.q``/``attn.k``/``attn.v``):
 the fused ``qkv`` projection is split into three. :func:`adapt_to_target`
 then fits that dict to a concrete model: with HFSC on, the ``q``/``k`` units
 are copied to both the low- and the high-frequency units (``q_low``,
-``q_high``, ``k_low``, ``k_high``), the position embedding and the Token
-RPReLU maps are resized to the model's token grid, and classification-only
-keys (heads, distillation token) are dropped.
+``q_high``, ``k_low``, ``k_high``; with ``hfsc='split'`` each takes half of
+every head's dimensions, so ``Q_L K_L^T + Q_H K_H^T = Q K^T``), the position
+embedding and the Token RPReLU maps are resized to the model's token grid,
+and keys the backbone never uses (classification heads, the distillation
+token, the final ``norm`` of a model without one) are dropped and reported.
 
 Parameters that exist only in binary models (unit norms, RPReLU and Token
 RPReLU terms, quantizer shifts/scales, HFSC mixing, DIBA scales) keep their
@@ -39,8 +41,7 @@ from .checkpoint import unwrap_state_dict
 __all__ = [
     'FP_KEY_PATTERN', 'is_fp_key', 'detect_layout', 'to_didb_layout',
     'resize_grid_tokens', 'infer_token_grid', 'adapt_to_target',
-    'convert_vit_state_dict',
-    'convert_vit_checkpoint'
+    'convert_vit_state_dict', 'convert_vit_checkpoint'
 ]
 
 Tensor = torch.Tensor

@@ -1,0 +1,78 @@
+"""Benchmark harness smoke tests (tiny model, 32 px, one repeat; no timing is
+asserted, only that every phase runs and reports)."""
+import json
+import math
+
+import mmseg_didb  # noqa: F401  (first: installs the mmcv-lite shims)
+import torch
+
+from mmseg_didb.analysis import build_segmentor
+from mmseg_didb.analysis.benchmark import (benchmark_isolated,
+                                           benchmark_model, format_results)
+
+torch.set_num_threads(1)
+
+
+def tiny_cfg(preset: str = 'didb') -> dict:
+    return dict(
+        default_scope='mmseg',
+        model=dict(
+            type='BinaryEncoderDecoder',
+            backbone=dict(type='DIDBSwin', preset=preset, embed_dims=16,
+                          depths=(1, 1), num_heads=(1, 2), window_size=4,
+                          out_indices=(0, 1), pretrain_img_size=32,
+                          drop_path_rate=0.),
+            decode_head=dict(type='BinaryFCNHead', preset=preset,
+                             in_channels=32, in_index=1, channels=16,
+                             num_convs=1, concat_input=False,
+                             dropout_ratio=0., num_classes=4,
+                             norm_cfg=dict(type='BN')),
+            test_cfg=dict(mode='whole')))
+
+
+def test_benchmark_model_runs_train_and_infer():
+    before = {}
+
+    def build():
+        model = build_segmentor(tiny_cfg())
+        before.update({k: v.clone() for k, v in model.state_dict().items()})
+        build.model = model
+        return model
+
+    res = benchmark_model(build, 'tiny', shape=(32, 32), batch_size=2,
+                          warmup=0, repeats=1, device='cpu')
+    assert len(res.train.times) == 1 and len(res.infer.times) == 1
+    assert res.train.median > 0 and res.infer.median > 0
+    assert res.params == sum(p.numel() for p in build.model.parameters())
+    # the training step really optimised the weights
+    after = build.model.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in before.items()
+               if v.is_floating_point())
+    text = format_results([res, res], 'cpu', (32, 32), 2)
+    assert 'ratio tiny / tiny' in text and '1.00x' in text
+
+
+def test_benchmark_isolated_child_process():
+    res = benchmark_isolated(tiny_cfg('fp'), 'fp', threads=1,
+                             phases=('infer', ), shape=(32, 32),
+                             batch_size=1, warmup=0, repeats=1, device='cpu')
+    assert len(res.infer.times) == 1 and not res.train.times
+    assert math.isnan(res.train.median)
+    assert res.infer.peak_bytes is None or res.infer.peak_bytes >= 0
+
+
+def test_benchmark_cli_vs_fp(tmp_path, capsys):
+    cfg_path = tmp_path / 'tiny.py'
+    cfg = tiny_cfg()
+    cfg_path.write_text(f'default_scope = "mmseg"\nmodel = {cfg["model"]!r}\n')
+    from tools.analysis import benchmark as tool
+    out = tool.main([str(cfg_path), '--shape', '32', '--repeats', '1',
+                     '--warmup', '0', '--no-isolate', '--device', 'cpu',
+                     '--json', str(tmp_path / 'b.json')])
+    printed = capsys.readouterr().out
+    assert 'ratio tiny / fp (preset=fp)' in printed
+    data = json.loads((tmp_path / 'b.json').read_text())
+    assert set(data['results']) == {'tiny', 'fp (preset=fp)'}
+    assert data == json.loads(json.dumps(out))
+    for r in data['results'].values():
+        assert r['train']['median_s'] > 0 and r['infer']['median_s'] > 0
