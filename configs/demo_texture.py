@@ -1,9 +1,11 @@
-# Demo: a small Swin + UPerNet trained from scratch on the texture-mosaic
-# dataset on CPU in a few minutes (`bash tools/demo.sh`).
+# Demo: a small fully binary DIDBSwin (preset 'didb': binary weights and
+# activations, binarized attention probabilities, HFSC + DIBA + Token RPReLU)
+# with an FP UPerHead, trained from scratch on the texture-mosaic dataset on
+# CPU in a few minutes (`bash tools/demo.sh`).
 #
-# Model choice lives here only. This FP SwinTransformer (mmseg) is the
-# stand-in until the binary DIDBSwin backbone is available; switching is
-# an edit of `backbone` / `decode_head` below.
+# The model choice lives here only. For the FP reference set
+# backbone.type='SwinTransformer' (mmseg) and drop `preset`: the other
+# arguments are the same.
 _base_ = [
     './_base_/datasets/texture_mosaic.py',
     'mmseg::_base_/default_runtime.py',
@@ -25,23 +27,18 @@ model = dict(
     type='EncoderDecoder',
     data_preprocessor=data_preprocessor,
     backbone=dict(
-        type='SwinTransformer',
-        pretrain_img_size=128,
+        type='DIDBSwin',
+        preset='didb',
         embed_dims=32,
-        patch_size=4,
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 4, 8),
         # 128 px -> 32, 16, 8, 4 tokens per side: window 4 tiles every stage
         # without padding.
         window_size=4,
         mlp_ratio=4,
-        depths=(2, 2, 2, 2),
-        num_heads=(1, 2, 4, 8),
-        strides=(4, 2, 2, 2),
-        out_indices=(0, 1, 2, 3),
-        qkv_bias=True,
+        pretrain_img_size=128,
         drop_path_rate=0.1,
-        patch_norm=True,
-        act_cfg=dict(type='GELU'),
-        norm_cfg=dict(type='LN', requires_grad=True)),
+        out_indices=(0, 1, 2, 3)),
     decode_head=dict(
         type='UPerHead',
         in_channels=[32, 64, 128, 256],

@@ -10,10 +10,14 @@ _base_ = [
 custom_imports = dict(imports=['mmseg_didb'], allow_failed_imports=False)
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
-# ImageNet-pretrained DIDB DeiT-S (backbone weights only). Make it with
-# tools/convert_pretrained.py (see docs/ade20k.md) or set another path; a
-# missing file stops training with instructions. For training from scratch
-# pass --cfg-options model.backbone.init_cfg=None
+# ImageNet-pretrained DeiT-S backbone weights: e.g. the official FP release
+# converted once (it then loads into every preset; binary-only parameters
+# start from their FP counterparts):
+#   python tools/convert_pretrained.py deit_small_patch16_224-cd65a155.pth \
+#       pretrained/deit_small_patch16_224_didb.pth
+# or a binary ImageNet pretraining (tools/pretrain_cls.py); docs/ade20k.md.
+# A missing file stops training with instructions. From scratch:
+#   --cfg-options model.backbone.init_cfg=None
 checkpoint_file = 'pretrained/deit_small_patch16_224_didb.pth'
 model = dict(
     data_preprocessor=data_preprocessor,

@@ -10,10 +10,14 @@ _base_ = [
 custom_imports = dict(imports=['mmseg_didb'], allow_failed_imports=False)
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
-# ImageNet-pretrained DIDBSwin-T (backbone weights only). Make it with
-# tools/convert_pretrained.py (see docs/ade20k.md) or set another path; a
-# missing file stops training with instructions. For training from scratch
-# pass --cfg-options model.backbone.init_cfg=None
+# ImageNet-pretrained Swin-T backbone weights: e.g. the official FP release
+# converted once (it then loads into every preset; binary-only parameters
+# start from their FP counterparts):
+#   python tools/convert_pretrained.py swin_tiny_patch4_window7_224.pth \
+#       pretrained/swin_tiny_patch4_window7_224_didb.pth
+# or a binary ImageNet pretraining (tools/pretrain_cls.py); docs/ade20k.md.
+# A missing file stops training with instructions. From scratch:
+#   --cfg-options model.backbone.init_cfg=None
 checkpoint_file = 'pretrained/swin_tiny_patch4_window7_224_didb.pth'
 model = dict(
     data_preprocessor=data_preprocessor,

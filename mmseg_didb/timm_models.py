@@ -9,8 +9,8 @@ registry::
 
 so ``timm.create_model('didb_swin_tiny_patch4_window7_224', num_classes=10,
 preset='react')`` builds the mmseg backbone (``DIDBSwin`` / ``DIDBViT``) with
-a classification head. Every preset of :data:`mmseg_didb.binary.presets.PRESETS`
-is selectable with ``preset=`` (and ``preset_overrides=``); other keyword
+a classification head. Every preset of
+:data:`mmseg_didb.binary.presets.PRESETS` is selectable with ``preset=`` (and ``preset_overrides=``); other keyword
 arguments go to the backbone (``img_size`` is its pretraining size).
 
 The backbone is the attribute ``backbone``, so a classification checkpoint
@@ -40,8 +40,8 @@ class DIDBClassifier(nn.Module):
     """timm-style image classifier over an mmseg DIDB backbone.
 
     ``forward_features`` returns the backbone's last output; ``forward_head``
-    pools it (``'avg'``: mean over the map, ``'token'``: the CLS token), applies
-    ``norm`` and the linear ``head``.
+    pools it (``'avg'``: mean over the map, ``'token'``: the CLS token),
+    applies ``norm`` and the linear ``head``.
 
     Args:
         backbone (nn.Module): ``DIDBSwin`` or ``DIDBViT``; with

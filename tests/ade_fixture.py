@@ -8,7 +8,7 @@ marks the same regions, so a model can actually fit it.
 
 Usage from the command line (e.g. for a quick ``tools/train.py`` run)::
 
-    python tests/ade_fixture.py .          # writes ./data/ade/ADEChallengeData2016
+    python tests/ade_fixture.py .   # writes ./data/ade/ADEChallengeData2016
 """
 import argparse
 import os.path as osp

@@ -31,7 +31,7 @@ LN = 5 * N * C  # mmengine: LayerNorm with affine = 5 FLOPs per element
 class Toy(nn.Module):
     """One binary linear, one binary attention, one FP linear."""
 
-    def __init__(self, hfsc: bool = False) -> None:
+    def __init__(self, hfsc=False) -> None:
         super().__init__()
         self.fc_bin = BinaryLinear(C, C, weight_quantizer=ReActWeight(),
                                    input_quantizer=RSign(C))
@@ -78,6 +78,14 @@ def test_toy_hfsc_full_doubles_similarity():
     # q_low, k_low, q_high, k_high, v, proj + fc_bin; two Q K^T and one Ab V
     assert r.total.bops == 7 * lin + 3 * matmul
     assert r.total.flops == N * C * 4 + 6 * LN
+
+
+def test_toy_hfsc_split_costs_one_similarity():
+    """Split HFSC halves q/k widths: same BOPs and FLOPs as no HFSC."""
+    r = analyze_complexity(Toy(hfsc='split'), toy_input())
+    lin, matmul = N * C * C, HEADS * N * N * D
+    assert r.total.bops == 5 * lin + 2 * matmul
+    assert r.total.flops == N * C * 4 + 4 * LN
 
 
 def test_binary_weights_off_moves_layers_to_flops():

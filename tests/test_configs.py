@@ -106,6 +106,8 @@ def check_weight_decay(model: torch.nn.Module, cfg: Config) -> None:
     latent weights keep the configured decay (if any, e.g. not in the
     decay-free stage 2 of two-stage training)."""
     base_decay = cfg.optim_wrapper.optimizer.get('weight_decay', 0)
+    # a Runner built by another test may have made its logger current
+    MMLogger.get_current_instance().setLevel(logging.WARNING)
     optim = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
     decay = {
         id(p): g['weight_decay']
@@ -129,7 +131,7 @@ def build_loader(cfg: Config, key: str):
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=rel)
-def test_config_builds_model_and_dataloaders(path, ade_root):
+def test_config_builds_model_optimizer_and_dataloaders(path, ade_root):
     cfg = load_config(path, ade_root)
     assert 'mmseg_didb' in cfg.custom_imports['imports']
     assert cfg.default_scope == 'mmseg'

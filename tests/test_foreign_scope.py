@@ -63,7 +63,8 @@ def test_scoped_type_from_foreign_registry():
 
 def test_scoped_type_from_root_registry_in_mmengine_scope():
     with DefaultScope.overwrite_default_scope('mmengine'):
-        check_swin(ROOT_MODELS.build(dict(type='mmseg.DIDBSwin', **SMALL_SWIN)))
+        check_swin(
+            ROOT_MODELS.build(dict(type='mmseg.DIDBSwin', **SMALL_SWIN)))
 
 
 def test_underscore_scope_builds_nested_mmseg_types():

@@ -107,7 +107,7 @@ def test_uper_head_every_conv_binary_classifier_fp():
 
 
 def test_unit_is_act_norm_binconv_plus_bypass():
-    """One swapped conv computes RPReLU(BN(conv(sign(x+b), a*sign(Wc))) + x)."""
+    """A swapped conv is RPReLU(BN(conv(sign(x+b), a*sign(Wc))) + x)."""
     head = BinaryUPerHead(**uper_cfg()).eval()
     unit = head.fpn_convs[0]  # 3x3, 16 -> 16, padding 1
     with torch.no_grad():
@@ -202,7 +202,11 @@ def test_norm_act_and_align_corners_follow_mmseg_args():
 
 
 def test_loss_and_gradients_reach_binary_parameters():
-    head = BinaryUPerHead(**uper_cfg())
+    # a list of mmseg losses, as in mmseg configs
+    head = BinaryUPerHead(**uper_cfg(loss_decode=[
+        dict(type='CrossEntropyLoss', loss_weight=1.0),
+        dict(type='DiceLoss', loss_weight=0.5, loss_name='loss_dice')
+    ]))
     x = features()
     samples = []
     for _ in range(2):
@@ -213,9 +217,9 @@ def test_loss_and_gradients_reach_binary_parameters():
         s.set_metainfo(dict(img_shape=(24, 24), pad_shape=(24, 24)))
         samples.append(s)
     losses = head.loss(x, samples, train_cfg=dict())
-    assert set(losses) >= {'loss_ce', 'acc_seg'}
-    assert torch.isfinite(losses['loss_ce'])
-    losses['loss_ce'].backward()
+    assert set(losses) >= {'loss_ce', 'loss_dice', 'acc_seg'}
+    assert torch.isfinite(losses['loss_ce'] + losses['loss_dice'])
+    (losses['loss_ce'] + losses['loss_dice']).backward()
     unit = head.lateral_convs[1]
     for p in (unit.conv.weight, unit.conv.input_quantizer.bias,
               unit.act.gamma, unit.norm.weight, head.conv_seg.weight):

@@ -191,7 +191,8 @@ def test_teacher_training_then_kd_and_deit_stage1(cls_folder, tmp_path):
         '--max-iters', '1', '--init-checkpoint', last,
         '--work-dir', str(tmp_path / 'deit2')
     ])
-    assert torch.load(stage2, weights_only=False)['meta']['fp_weights'] is False
+    meta2 = torch.load(stage2, weights_only=False)['meta']
+    assert meta2['fp_weights'] is False
 
     # loads into the segmentation DIDBViT at another input size (position
     # embedding and Token RPReLU maps resized), every key matched

@@ -1,4 +1,4 @@
-"""Export a trained binary segmentor as a packed 1-bit checkpoint, and check it.
+"""Export a trained binary segmentor as a packed 1-bit checkpoint; check it.
 
 Usage::
 
@@ -84,8 +84,8 @@ def main(argv=None) -> dict:
         fp_size = os.path.getsize(fp_path)
     size = os.path.getsize(args.out)
     ckpt_size = os.path.getsize(args.checkpoint)
-    result = dict(out=args.out, packed_bytes=size, fp32_state_dict_bytes=fp_size,
-                  checkpoint_bytes=ckpt_size, ratio_vs_fp32=fp_size / size,
+    result = dict(out=args.out, packed_bytes=size,
+                  fp32_state_dict_bytes=fp_size, checkpoint_bytes=ckpt_size, ratio_vs_fp32=fp_size / size,
                   binary_layers=len(packed['binary']))
     print(f'wrote {args.out}: {size / 1e6:.3f} MB, {len(packed["binary"])} '
           'packed binary weights')

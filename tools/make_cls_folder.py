@@ -1,4 +1,4 @@
-"""Build a small ImageNet-format classification folder from scikit-image photos.
+"""Build a small ImageNet-format classification folder from skimage photos.
 
 Every class is one photograph shipped with scikit-image (textures by default);
 samples are random crops of it, rescaled to a fixed size. The left part of each
@@ -46,8 +46,8 @@ def random_crops(img: np.ndarray, num: int, size: int,
     h, w = img.shape[:2]
     max_side = min(h, w, 2 * size)
     if max_side < size:
-        raise ValueError(f'Region of {h}x{w} px is smaller than --size {size}; '
-                         'lower --size or --val-fraction.')
+        raise ValueError(f'Region of {h}x{w} px is smaller than --size '
+                         f'{size}; lower --size or --val-fraction.')
     crops = []
     for _ in range(num):
         side = int(rng.integers(size, max_side + 1))

@@ -1,4 +1,4 @@
-"""Classification pretraining of a (binary) timm model on an ImageNet-format folder.
+"""Classification pretraining of a (binary) timm model, ImageNet-format data.
 
 The recipe of BinaryViT / ReActNet: AdamW, cosine learning-rate schedule and
 knowledge distillation from a full-precision timm teacher (soft cross-entropy

@@ -5,10 +5,13 @@ from .complexity import (MATMUL_COUNTERS, Complexity, ComplexityReport,
                          analyze_complexity, analyze_config, binary_input,
                          binary_weight, format_report, is_binary_layer,
                          is_bop_layer, ratios, register_matmul_counter)
+from .export import (build_from_packed, load_packed, pack_model, read_packed,
+                     save_packed)
 
 __all__ = [
     'build_segmentor', 'fp_counterpart', 'load_config', 'MATMUL_COUNTERS',
     'Complexity', 'ComplexityReport', 'analyze_complexity', 'analyze_config',
     'binary_input', 'binary_weight', 'format_report', 'is_binary_layer',
-    'is_bop_layer', 'ratios', 'register_matmul_counter'
+    'is_bop_layer', 'ratios', 'register_matmul_counter', 'build_from_packed',
+    'load_packed', 'pack_model', 'read_packed', 'save_packed'
 ]

@@ -1,5 +1,5 @@
-"""Config helpers shared by the efficiency tools: load, derive the FP counterpart,
-build the segmentor for analysis.
+"""Config helpers shared by the efficiency tools: load a config, derive its FP
+counterpart, build the segmentor for analysis.
 
 The FP counterpart of a config is the same model with every ``preset`` key set
 to ``'fp'`` (and every ``preset_overrides`` emptied), so binary and FP models
@@ -37,7 +37,7 @@ def load_config(config: Union[str, Config, dict]) -> Config:
 def _to_fp(node: Any) -> Any:
     """Recursively set ``preset='fp'`` and clear ``preset_overrides``."""
     if isinstance(node, dict):
-        out = type(node)() if not isinstance(node, ConfigDict) else ConfigDict()
+        out = ConfigDict() if isinstance(node, ConfigDict) else type(node)()
         for key, value in node.items():
             if key == 'preset':
                 out[key] = 'fp'

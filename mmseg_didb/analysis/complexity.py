@@ -52,8 +52,10 @@ _LAYER_OPS = ('linear', 'addmm', 'matmul', 'mm', 'bmm', 'conv', 'einsum')
 # --------------------------------------------------------------------------
 # binary-layer introspection
 # --------------------------------------------------------------------------
-def _enabled(quantizer: Optional[nn.Module], kind: Optional[str] = None) -> bool:
-    """Whether ``quantizer`` exists, is enabled and (optionally) of ``kind``."""
+def _enabled(quantizer: Optional[nn.Module],
+             kind: Optional[str] = None) -> bool:
+    """Whether ``quantizer`` exists, is enabled and (optionally) is of
+    ``kind``."""
     if quantizer is None or not bool(getattr(quantizer, 'enabled', True)):
         return False
     # nn.Identity placeholders (FP presets) have no ``kind``: not binary
@@ -62,7 +64,8 @@ def _enabled(quantizer: Optional[nn.Module], kind: Optional[str] = None) -> bool
 
 
 def is_binary_layer(module: nn.Module) -> bool:
-    """Whether ``module`` is a linear/conv with (possibly disabled) quantizers."""
+    """Whether ``module`` is a linear/conv with (possibly disabled)
+    quantizers."""
     return (isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
             and hasattr(module, 'weight_quantizer')
             and hasattr(module, 'input_quantizer'))
@@ -431,7 +434,8 @@ class SegmentorTensorForward(nn.Module):
 
 
 def analysis_view(model: nn.Module) -> nn.Module:
-    """:class:`SegmentorTensorForward` for mmseg encoder-decoders, else ``model``."""
+    """:class:`SegmentorTensorForward` for mmseg encoder-decoders, else
+    ``model`` itself."""
     if hasattr(model, 'extract_feat') and hasattr(model, 'decode_head'):
         return SegmentorTensorForward(model)
     return model
@@ -489,7 +493,8 @@ def format_report(report: ComplexityReport, title: str = '') -> str:
 
 
 def ratios(binary: Complexity, fp: Complexity) -> Dict[str, float]:
-    """Saving factors FP / binary for params-size, OPs, FLOPs (>1 = smaller)."""
+    """Saving factors FP / binary of size, OPs, FLOPs and params (> 1: the
+    binary model is smaller)."""
 
     def div(a: float, b: float) -> float:
         return float(a) / float(b) if b else float('inf')

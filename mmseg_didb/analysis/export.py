@@ -50,7 +50,8 @@ def pack_signs(pattern: Tensor) -> Tensor:
 
 
 def unpack_signs(bits: Tensor, shape: Tuple[int, ...]) -> Tensor:
-    """Inverse of :func:`pack_signs`: a {-1, +1} float32 tensor of ``shape``."""
+    """Inverse of :func:`pack_signs`: a {-1, +1} float32 tensor of
+    ``shape``."""
     n = int(np.prod(shape))
     flat = np.unpackbits(bits.cpu().numpy(), count=n).astype(np.float32)
     return torch.from_numpy(flat * 2 - 1).reshape(shape)
@@ -64,7 +65,8 @@ def binary_pattern(quantizer: nn.Module, weight: Tensor) -> Tensor:
 def binarized(quantizer: nn.Module, weight: Tensor) -> Tensor:
     """``scale(W) * sign(latent(W))``: the quantizer's forward value, computed
     without calling forward (which may initialise lazy scales)."""
-    sgn = torch.where(quantizer.latent(weight) >= 0, 1.0, -1.0).to(weight.dtype)
+    sgn = torch.where(quantizer.latent(weight) >= 0, 1.0, -1.0)
+    sgn = sgn.to(weight.dtype)
     return sgn * quantizer.scale(weight).to(weight.dtype)
 
 
@@ -111,7 +113,8 @@ def latent_from_binary(quantizer: nn.Module, signs: Tensor,
         idx = torch.arange(n, device=mag.device).unsqueeze(0)
         lo = torch.zeros(groups, dtype=torch.long, device=mag.device)
         hi = torch.where(low, torch.full_like(lo, n), torch.ones_like(lo))
-        # invariant: got(lo) < target (or lo = 0), smallest k with >= in (lo,hi]
+        # invariant: got(lo) < target (or lo = 0); the smallest k with
+        # got(k) >= target lies in (lo, hi]
         while bool((hi - lo > 1).any()):
             mid = (lo + hi) // 2
             trial = torch.where(idx < mid.unsqueeze(1), up, base)
@@ -124,7 +127,8 @@ def latent_from_binary(quantizer: nn.Module, signs: Tensor,
 
 
 class FrozenScaleWeight(nn.Module):
-    """Inference weight binarizer with a constant scale: ``a_r * sign(latent(W))``.
+    """Inference weight binarizer with a constant scale,
+    ``a_r * sign(latent(W))``.
 
     Wraps a restored layer's quantizer when the stored ``a_r`` cannot be
     recomputed bit-exactly from any latent weight with the stored pattern

@@ -16,7 +16,8 @@ from mmcv.transforms import CenterCrop
 from mmseg.datasets import ADE20KDataset
 from mmseg.registry import DATASETS, TRANSFORMS
 
-ADE20K_URL = 'http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip'
+ADE20K_URL = ('http://data.csail.mit.edu/places/ADEchallenge/'
+              'ADEChallengeData2016.zip')
 ADE20K_HOME = 'http://sceneparsing.csail.mit.edu/'
 
 
@@ -40,7 +41,8 @@ def ade20k_missing_message(data_root: str, problem: str) -> str:
         f'"{data_root}/images/training" and '
         f'"{data_root}/annotations/training" exist (plus the "validation" '
         'folders), e.g. from the repository root:\n'
-        f'    mkdir -p {parent} && unzip ADEChallengeData2016.zip -d {parent}\n'
+        f'    mkdir -p {parent} && '
+        f'unzip ADEChallengeData2016.zip -d {parent}\n'
         f'(absolute path here: {osp.abspath(data_root)}). To keep the data '
         'elsewhere, link it there or pass --cfg-options '
         'train_dataloader.dataset.data_root=PATH '
@@ -89,8 +91,8 @@ class CenterCropEval(CenterCrop):
     mmseg resizes predictions back to ``ori_shape`` before the metric; after a
     centre crop of image and label that shape must be the crop's, so this
     transform sets ``ori_shape`` to the cropped ``img_shape``. Used by the
-    BiDense evaluation protocol (BiDense, arXiv 2411.10346: short side 480, then
-    a 480 x 480 centre crop).
+    BiDense evaluation protocol (BiDense, arXiv 2411.10346: short side 480,
+    then a 480 x 480 centre crop).
     """
 
     def transform(self, results: dict) -> dict:

@@ -9,8 +9,8 @@ Usage::
 Both models are built, timed and measured in the same process, one after the
 other (the FP one last), on random data: ``train`` is a full optimisation step
 (forward + loss + backward + AdamW step), ``infer`` is ``predict`` without
-gradients. Medians over ``--repeats`` after ``--warmup`` iterations, peak memory
-above the pre-build baseline, and the ratio model / FP are printed. On CPU each
+gradients. Medians over ``--repeats`` after ``--warmup`` iterations, peak
+memory above the pre-build baseline, and the ratio model / FP are printed. On CPU each
 model and phase runs in a fresh child process so that peak resident memory is
 not inflated by earlier work (``--no-isolate`` to disable). CUDA is
 used when available unless ``--device cpu``. The FP counterpart defaults to the

@@ -1,6 +1,6 @@
 # DIDBViT (DeiT layout, patch 16) + binary multi-level neck + binary UPerNet:
-# mmseg's upernet_vit-b16_ln_mln.py with binary units; the patch-embedding stem,
-# the norms and the final 1x1 classifiers (conv_seg) stay FP.
+# mmseg's upernet_vit-b16_ln_mln.py with binary units; the patch-embedding
+# stem, the norms and the final 1x1 classifiers (conv_seg) stay FP.
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 data_preprocessor = dict(
     type='SegDataPreProcessor',

@@ -26,8 +26,8 @@ class ChannelResize(nn.Module):
     bypass, which also repeats or merges channels) to widths that do not divide
     each other, as mmseg's UPerNet needs (e.g. 96 -> 512, 2816 -> 512):
 
-    * widening: output channel ``j`` is input channel ``j mod in`` (the channels
-      are tiled and the last tile is cut);
+    * widening: output channel ``j`` is input channel ``j mod in`` (the
+      channels are tiled and the last tile is cut);
     * narrowing: output channel ``j`` is the mean of the input channels
       ``{j, j + out, j + 2 out, ...}`` below ``in`` (groups of
       ``floor(in / out)`` or ``ceil(in / out)`` channels).
@@ -77,7 +77,7 @@ class ChannelResize(nn.Module):
 
 
 def _bypass(in_channels: int, out_channels: int, stride: int) -> nn.Module:
-    """FP bypass: the toolkit's shortcut when widths divide, else ChannelResize."""
+    """FP bypass: the toolkit's shortcut if widths divide, else ChannelResize."""
     try:
         channels = ChannelShortcut(in_channels, out_channels, 1)
     except ValueError:
@@ -114,7 +114,8 @@ def binary_unit_from_conv_module(module: ConvModule, preset: BinaryPreset,
     conv = module.conv
     stride = conv.stride[0]
     if conv.stride[0] != conv.stride[1]:
-        raise ValueError(f'binary heads need square strides, got {conv.stride}')
+        raise ValueError(
+            f'binary heads need square strides, got {conv.stride}')
     out_channels = conv.out_channels
     norm = build_norm_layer(norm_cfg or dict(type='BN'), out_channels)[1]
     act = None if act_cfg is not None else nn.Identity()

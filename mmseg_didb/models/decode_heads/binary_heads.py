@@ -67,7 +67,7 @@ class BinaryUPerHead(BinaryHeadMixin, UPerHead):
 
 @MODELS.register_module()
 class BinaryFCNHead(BinaryHeadMixin, FCNHead):
-    """mmseg ``FCNHead`` (e.g. UPerNet's auxiliary head) with binary conv units.
+    """mmseg ``FCNHead`` (e.g. UPerNet's auxiliary head) with binary units.
 
     Args:
         preset: Binary preset name, :class:`BinaryPreset` or dict; 'fp' keeps

@@ -68,6 +68,11 @@ class BinaryEncoderDecoder(EncoderDecoder):
         self.binarize = self._check_binarize(binarize)
         if self.binarize:
             set_binarization(self, **self.binarize)
+            print_log(
+                f'{type(self).__name__}: binarization ' + ', '.join(
+                    f'{k}={"on" if v else "off"}'
+                    for k, v in self.binarize.items()),
+                logger='current')
 
     def _build_grs(self, grs: Optional[dict]) -> Optional[GRSSchedule]:
         if grs is None:

@@ -35,7 +35,8 @@ def load_teacher_config(teacher_config: Union[str, dict, Config]) -> dict:
         if not osp.isfile(path):
             raise FileNotFoundError(
                 f'Teacher config {teacher_config!r} not found (looked at '
-                f'{path}). Give a config file path, or "mmseg::<dir>/<file>.py"'
+                f'{path}). Give a config file path, or '
+                '"mmseg::<dir>/<file>.py"'
                 ' for a config shipped with mmsegmentation.')
         teacher_config = Config.fromfile(path)
     if not isinstance(teacher_config, (dict, Config)):
@@ -91,8 +92,10 @@ class DistillEncoderDecoder(BinaryEncoderDecoder):
     size) to the segmentation (and GRS) losses. Inference is
     ``EncoderDecoder``'s, untouched.
 
-    The teacher is built from its own config and checkpoint and kept outside
-    the module tree: it is not in ``state_dict()`` (so never in a
+    The teacher is built from its own config and checkpoint on first use
+    (the first training step: testing the student needs no teacher files;
+    only a missing ``teacher_checkpoint`` is rejected at construction) and
+    kept outside the module tree: it is not in ``state_dict()`` (so never in a
     checkpoint), not in ``parameters()`` (so never in the optimizer), not
     touched by ``init_weights`` or ``train()``; it stays in eval mode with
     ``requires_grad=False`` and moves to the input's device on first use.
@@ -156,10 +159,16 @@ class DistillEncoderDecoder(BinaryEncoderDecoder):
             loss_weight=distill.get('weight', 1.0),
             mode=distill.get('mode', 'kl'),
             loss_name='loss_kd')
-        self._teacher_holder: List[nn.Module] = [
-            self._build_teacher(teacher_config, teacher_checkpoint,
-                                allow_random_teacher)
-        ]
+        self._teacher_spec = (teacher_config, teacher_checkpoint,
+                              bool(allow_random_teacher))
+        if teacher_checkpoint is None and not allow_random_teacher:
+            raise ValueError(
+                'DistillEncoderDecoder needs teacher_checkpoint: train the FP '
+                'teacher (or download its model-zoo checkpoint) and set '
+                'model.teacher_checkpoint to the file. allow_random_teacher='
+                'True accepts a random teacher, for tests only.')
+        # a plain list keeps the teacher out of the module tree
+        self._teacher_holder: List[nn.Module] = []
 
     def _build_teacher(self, teacher_config: Union[str, dict],
                        teacher_checkpoint: Optional[str],
@@ -168,19 +177,13 @@ class DistillEncoderDecoder(BinaryEncoderDecoder):
         teacher = MODELS.build(model_cfg)
         if teacher_checkpoint is not None:
             load_teacher_checkpoint(teacher, teacher_checkpoint)
-        elif allow_random_teacher:
+        else:
             msg = ('DistillEncoderDecoder: teacher_checkpoint is None, the FP '
                    'teacher has RANDOM weights and the distillation target '
                    'is meaningless. Only use allow_random_teacher=True in '
                    'tests.')
             warnings.warn(msg, UserWarning, stacklevel=3)
             print_log(msg, logger='current', level=30)
-        else:
-            raise ValueError(
-                'DistillEncoderDecoder needs teacher_checkpoint: train the FP '
-                'teacher (or download its model-zoo checkpoint) and set '
-                'model.teacher_checkpoint to the file. allow_random_teacher='
-                'True accepts a random teacher, for tests only.')
         if not hasattr(teacher, '_forward') or not hasattr(
                 teacher, 'extract_feat'):
             raise TypeError('The teacher must be an mmseg segmentor such as '
@@ -195,12 +198,20 @@ class DistillEncoderDecoder(BinaryEncoderDecoder):
 
     @property
     def teacher(self) -> nn.Module:
-        """The frozen teacher (not a registered submodule)."""
+        """The frozen teacher (not a registered submodule).
+
+        Built and loaded on first use (the first training step), so testing
+        or deploying the student never needs the teacher's files.
+        """
+        if not self._teacher_holder:
+            self._teacher_holder.append(
+                self._build_teacher(*self._teacher_spec))
         return self._teacher_holder[0]
 
     def train(self, mode: bool = True) -> 'DistillEncoderDecoder':
         super().train(mode)
-        self.teacher.eval()
+        if self._teacher_holder:
+            self._teacher_holder[0].eval()
         return self
 
     def _teacher_inputs(self, inputs: Tensor) -> Tensor:
