@@ -12,9 +12,9 @@ from mmseg.structures import SegDataSample
 from torch import nn
 
 from mmseg_didb.binary import (BinaryConv2d, BinaryConvUnit, BWNWeight,
-                               ChannelPReLU, ChannelShortcut, ElasticSign,
-                               ReActWeight, RPReLU, RSign, SignSTE,
-                               set_binarization)
+                               ChannelPReLU, ChannelShortcut, ConvBypass,
+                               ElasticSign, ReActWeight, RPReLU, RSign,
+                               SignSTE, set_binarization)
 from mmseg_didb.models.decode_heads import (BinaryFCNHead, BinaryUPerHead,
                                             ChannelResize)
 
@@ -101,7 +101,7 @@ def test_uper_head_every_conv_binary_classifier_fp():
     assert type(head.conv_seg) is nn.Conv2d
     # widths that do not divide each other still get an FP bypass
     assert isinstance(head.lateral_convs[2].bypass, ChannelResize)  # 24->16
-    assert isinstance(head.lateral_convs[0].bypass, ChannelShortcut)  # 8->16
+    assert isinstance(head.lateral_convs[0].bypass, ConvBypass)  # 8->16
     out = head(features())
     assert out.shape == (2, NUM_CLASSES, 24, 24)
 

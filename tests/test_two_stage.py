@@ -1,5 +1,6 @@
 """Two-stage training (ReActNet): stage 1 FP weights, stage 2 fully binary."""
 import copy
+import os
 import os.path as osp
 import warnings
 from types import SimpleNamespace
@@ -222,3 +223,34 @@ def test_two_stage_kd_recipe_runs_with_load_from(mosaic, tmp_path):
     for k, v in capture.state.items():
         assert torch.equal(v, saved[k]), k
     assert 'train/loss_kd' in runner2.message_hub.log_scalars
+
+
+def test_recipe_configs_pair_up():
+    """Every recipe config parses; each stage 2 loads its stage 1's last
+    checkpoint and switches every quantizer on."""
+    pairs = {
+        'demo_texture_stage2.py': 'demo_texture_stage1.py',
+        'demo_texture_kd_stage2.py': 'demo_texture_kd_stage1.py',
+        'didb_swin_t_ade20k_stage2.py': 'didb_swin_t_ade20k_stage1.py',
+        'didb_swin_t_ade20k_kd_stage2.py': 'didb_swin_t_ade20k_kd_stage1.py',
+    }
+    names = sorted(f for f in os.listdir(RECIPES)
+                   if f.endswith('.py'))
+    cfgs = {name: recipe(name) for name in names}
+    for name, cfg in cfgs.items():
+        assert cfg.custom_imports.imports == ['mmseg_didb'], name
+        assert cfg.default_scope == 'mmseg', name
+    for stage2, stage1 in pairs.items():
+        c1, c2 = cfgs[stage1], cfgs[stage2]
+        assert c1.model.binarize == dict(weights=False)
+        assert c2.model.binarize is None
+        assert c2.model.type == c1.model.type
+        assert c2.load_from == (f'work_dirs/{stage1[:-3]}/'
+                                f'iter_{c1.train_cfg.max_iters}.pth')
+        assert c2.optim_wrapper.optimizer.weight_decay == 0
+    for name in ('demo_texture_kd_stage1.py',
+                 'didb_swin_t_ade20k_kd_swin_t.py'):
+        assert cfgs[name].model.type == 'DistillEncoderDecoder'
+        assert cfgs[name].model.teacher_checkpoint
+    hooks = cfgs['demo_texture_switch_hook.py'].custom_hooks
+    assert hooks[0].type == 'BinarizationSwitchHook'

@@ -13,7 +13,7 @@ import torch
 from mmcv.cnn import ConvModule, build_norm_layer
 from torch import Tensor, nn
 
-from ...binary import BinaryConvUnit, BinaryPreset, ChannelShortcut
+from ...binary import BinaryConvUnit, BinaryPreset, ConvBypass
 
 __all__ = ['ChannelResize', 'binary_unit_from_conv_module',
            'binarize_conv_modules']
@@ -77,13 +77,15 @@ class ChannelResize(nn.Module):
 
 
 def _bypass(in_channels: int, out_channels: int, stride: int) -> nn.Module:
-    """FP bypass: the toolkit's shortcut if widths divide, else ChannelResize."""
+    """FP bypass: the toolkit's when widths divide, else with ChannelResize."""
     try:
-        channels = ChannelShortcut(in_channels, out_channels, 1)
+        return ConvBypass(in_channels, out_channels, stride)
     except ValueError:
-        channels = ChannelResize(in_channels, out_channels)
+        pass
+    channels = ChannelResize(in_channels, out_channels)
     if stride == 1:
         return channels
+    # same pooling as the toolkit's ConvBypass
     pool = nn.AvgPool2d(stride, stride, ceil_mode=True,
                         count_include_pad=False)
     return nn.Sequential(pool, channels)

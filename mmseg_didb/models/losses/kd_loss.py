@@ -1,4 +1,4 @@
-"""Per-pixel knowledge-distillation loss between two segmentors' logits."""
+"""Knowledge-distillation loss on logits (per pixel, or per image)."""
 from typing import Optional
 
 import torch.nn as nn
