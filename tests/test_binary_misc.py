@@ -337,3 +337,23 @@ def test_resolve_preset_errors_list_valid_choices():
         resolve_preset('didb', weight=True)
     with pytest.raises(TypeError):
         resolve_preset(3)
+
+
+def test_token_rprelu_loads_maps_from_another_grid():
+    """Maps saved on a 4x4 reference grid load into an 8x8 one, resized."""
+    src = TokenRPReLU(3, (4, 4))
+    with torch.no_grad():
+        src.token_gamma.copy_(torch.arange(16.).view(1, 16, 1))
+        src.token_zeta.fill_(0.5)
+    dst = TokenRPReLU(3, (8, 8))
+    dst.load_state_dict(src.state_dict())
+    assert dst.token_gamma.shape == (1, 64, 1)
+    # same values as resizing the source maps to the new grid at run time
+    g_src, z_src = src.token_maps((8, 8), 64)
+    assert torch.allclose(dst.token_gamma, g_src)
+    assert torch.allclose(dst.token_zeta, z_src)
+    # a count that is no square grid still fails loudly
+    bad = {'token_gamma': torch.zeros(1, 15, 1),
+           'token_zeta': torch.zeros(1, 15, 1)}
+    with pytest.raises(RuntimeError, match='size mismatch'):
+        dst.load_state_dict({**dst.state_dict(), **bad})

@@ -8,6 +8,7 @@
   arXiv 2507.02222) with per-token terms
   ``f(x_nc) = PReLU_c(x_nc - gamma_c - gamma'_n) + zeta_c + zeta'_n``.
 """
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -145,6 +146,24 @@ class TokenRPReLU(RPReLU):
         else:
             self.dyn_gamma = nn.Parameter(torch.zeros(num_channels))
             self.dyn_zeta = nn.Parameter(torch.zeros(num_channels))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Maps saved on another (square) reference grid, e.g. a backbone
+        # pretrained at 224 loaded at pretrain_img_size=512, are resized like
+        # a position embedding; anything else falls through to the usual
+        # shape check.
+        if self.mode == 'static':
+            for name in ('token_gamma', 'token_zeta'):
+                src = state_dict.get(prefix + name)
+                own = getattr(self, name)
+                if src is None or src.dim() != 3 or src.shape == own.shape:
+                    continue
+                side = math.isqrt(src.shape[1] - self.num_extra_tokens)
+                if side * side == src.shape[1] - self.num_extra_tokens:
+                    state_dict[prefix + name] = resize_token_map(
+                        src, (side, side), self.ref_grid,
+                        self.num_extra_tokens)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def token_maps(self, hw: Optional[Sequence[int]],
                    num_tokens: int) -> Tuple[Tensor, Tensor]:
