@@ -9,6 +9,9 @@
 _base_ = [
     './_base_/datasets/texture_mosaic.py',
     'mmseg::_base_/default_runtime.py',
+    # AdamW without weight decay on binary scales/shifts, RPReLU, DIDB
+    # scalars, norms and tables; its 160k schedule is replaced below.
+    './_base_/schedules/binary_adamw_160k.py',
 ]
 custom_imports = dict(imports=['mmseg_didb'], allow_failed_imports=False)
 
@@ -57,15 +60,8 @@ model = dict(
 # Schedule: a few hundred iterations of AdamW with warm-up and poly decay.
 max_iters = 400
 optim_wrapper = dict(
-    type='OptimWrapper',
     optimizer=dict(
-        type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(
-        custom_keys={
-            'absolute_pos_embed': dict(decay_mult=0.),
-            'relative_position_bias_table': dict(decay_mult=0.),
-            'norm': dict(decay_mult=0.)
-        }))
+        type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.01))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.05, by_epoch=False, begin=0, end=40),
     dict(

@@ -18,8 +18,12 @@ PY="${MMSEG_DIDB_VENV:-$ROOT/.venv}/bin/python"
 CONFIG="${DEMO_CONFIG:-configs/demo_texture.py}"
 WORK_DIR="${WORK_DIR:-work_dirs/demo_texture}"
 DATA_DIR="${DATA_DIR:-data/texture_mosaic}"
+# One BLAS/OpenMP thread per core.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc 2>/dev/null || echo 2)}"
 export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$OMP_NUM_THREADS}"
+# Idle OpenMP threads sleep instead of spinning: with spinning, a CPU shared
+# with other jobs slows multi-threaded training down many times over.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 t0=$(date +%s)
 echo "== [1/4] dataset: $DATA_DIR"
