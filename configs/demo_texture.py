@@ -57,11 +57,10 @@ model = dict(
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))
 
-# Schedule: a few hundred iterations of AdamW with warm-up and poly decay.
+# Schedule: a few hundred iterations of the base's AdamW at a higher lr, with
+# warm-up and poly decay.
 max_iters = 400
-optim_wrapper = dict(
-    optimizer=dict(
-        type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.01))
+optim_wrapper = dict(optimizer=dict(lr=2e-3))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.05, by_epoch=False, begin=0, end=40),
     dict(
@@ -72,20 +71,8 @@ param_scheduler = [
         begin=40,
         end=max_iters)
 ]
-train_cfg = dict(
-    type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(
-        type='CheckpointHook',
-        by_epoch=False,
-        interval=100,
-        max_keep_ckpts=2,
-        save_last=True),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    logger=dict(interval=20),
+    checkpoint=dict(interval=100, max_keep_ckpts=2, save_last=True))
 randomness = dict(seed=0)

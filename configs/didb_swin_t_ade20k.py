@@ -3,11 +3,8 @@
 # 8 GPUs x 2 images).
 _base_ = [
     './_base_/models/upernet_didb_swin.py',
-    './_base_/datasets/ade20k_checked.py',
-    'mmseg::_base_/default_runtime.py',
-    './_base_/schedules/binary_adamw_160k.py',
+    './_base_/ade20k_160k.py',
 ]
-custom_imports = dict(imports=['mmseg_didb'], allow_failed_imports=False)
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
 # ImageNet-pretrained Swin-T backbone weights: e.g. the official FP release
@@ -22,13 +19,4 @@ checkpoint_file = 'pretrained/swin_tiny_patch4_window7_224_didb.pth'
 model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(
-        arch='tiny',
-        preset='didb',
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    decode_head=dict(preset='didb', num_classes=150),
-    auxiliary_head=dict(preset='didb', num_classes=150))
-
-# By default, models are trained on 8 GPUs with 2 images per GPU
-train_dataloader = dict(batch_size=2)
-val_dataloader = dict(batch_size=1)
-test_dataloader = val_dataloader
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)))

@@ -30,8 +30,6 @@ from timm.models import register_model
 
 __all__ = ['DIDBClassifier']
 
-_SWIN_ARCHS = ('tiny', 'small', 'base')
-_DEIT_ARCHS = ('deit-tiny', 'deit-small', 'deit-base')
 # timm create_model passes these to every entrypoint
 _TIMM_ONLY_KWARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir')
 

@@ -147,10 +147,40 @@ def test_channel_shortcut_modes():
     xm = torch.randn(2, 4, 3, 3)
     out = ChannelShortcut(4, 2, channel_dim=1)(xm)
     torch.testing.assert_close(out, (xm[:, :2] + xm[:, 2:]) / 2)
-    with pytest.raises(ValueError, match='divide'):
-        ChannelShortcut(3, 5)
+    with pytest.raises(ValueError, match='positive'):
+        ChannelShortcut(0, 5)
     xd = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(ChannelShortcut(4, 2), (xd, ))
+
+
+def test_channel_shortcut_widths_that_do_not_divide():
+    # widening 3 -> 5 tiles and cuts: channels 0 1 2 0 1
+    y = torch.arange(3.).view(1, 3, 1, 1)
+    assert ChannelShortcut(3, 5, 1)(y).flatten().tolist() == [0, 1, 2, 0, 1]
+    # narrowing 5 -> 2 averages {0, 2, 4} and {1, 3}
+    z = torch.tensor([1., 2., 3., 4., 5.])
+    assert ChannelShortcut(5, 2)(z).tolist() == [3., 3.]
+    assert ChannelShortcut(5, 2, 1)(z.view(1, 5, 1, 1)).flatten().tolist() \
+        == [3., 3.]
+    # general case on tokens and maps agrees with an explicit cyclic map
+    x = torch.randn(2, 4, 7)
+    torch.testing.assert_close(ChannelShortcut(7, 10)(x),
+                               x[..., torch.arange(10) % 7])
+    groups = torch.arange(7) % 3
+    ref = torch.stack([x[..., groups == j].mean(-1) for j in range(3)], -1)
+    torch.testing.assert_close(ChannelShortcut(7, 3)(x), ref)
+    xm = x.transpose(1, 2).reshape(2, 7, 2, 2)
+    torch.testing.assert_close(
+        ChannelShortcut(7, 3, channel_dim=1)(xm),
+        ref.transpose(1, 2).reshape(2, 3, 2, 2))
+    # nothing in the state dict, buffers follow .to()
+    sc = ChannelShortcut(7, 3).double()
+    assert not sc.state_dict() and sc.count.dtype == torch.float64
+    with pytest.raises(ValueError, match='expects 5'):
+        ChannelShortcut(5, 2, 1)(y)
+    xd = torch.randn(2, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ChannelShortcut(7, 3), (xd, ))
+    assert torch.autograd.gradcheck(ChannelShortcut(3, 5), (xd[:, :3], ))
 
 
 def test_fp_unit_is_plain_linear():

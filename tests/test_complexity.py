@@ -11,8 +11,9 @@ from mmengine.config import Config, ConfigDict
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
-from mmseg_didb.analysis import (analyze_complexity, fp_counterpart,
-                                 format_report, ratios)
+from mmseg_didb.analysis import (analyze_complexity, comparison_config,
+                                 format_report, fp_counterpart, load_config,
+                                 ratios)
 from mmseg_didb.analysis.complexity import analysis_view
 from mmseg_didb.binary import set_binarization
 from mmseg_didb.binary.layers import BinaryConv2d, BinaryLinear
@@ -202,6 +203,22 @@ def test_fp_counterpart_config():
     assert cfg.model.backbone.preset == 'didb'  # input untouched
     with pytest.raises(ValueError, match='--vs'):
         fp_counterpart(dict(model=dict(type='EncoderDecoder')))
+
+
+def test_load_config_options_and_comparison_config(tmp_path):
+    cfg = load_config(dict(model=tiny_segmentor_cfg('didb')),
+                      {'model.backbone.preset': 'react'})
+    assert cfg.model.backbone.preset == 'react'
+    assert comparison_config(cfg, 'none') is None
+    assert comparison_config(cfg, 'auto').model.backbone.preset == 'fp'
+    vs_path = tmp_path / 'vs.py'
+    vs_path.write_text(f'model = {tiny_segmentor_cfg("bnn")!r}\n')
+    vs = comparison_config(cfg, str(vs_path),
+                           {'model.decode_head.preset': 'fp'})
+    assert vs.model.backbone.preset == 'bnn'
+    assert vs.model.decode_head.preset == 'fp'
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        comparison_config(cfg, str(tmp_path / 'missing.py'))
 
 
 def test_ratios_and_cli(tmp_path):

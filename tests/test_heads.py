@@ -12,11 +12,10 @@ from mmseg.structures import SegDataSample
 from torch import nn
 
 from mmseg_didb.binary import (BinaryConv2d, BinaryConvUnit, BWNWeight,
-                               ChannelPReLU, ChannelShortcut, ConvBypass,
+                               ChannelPReLU, ConvBypass,
                                ElasticSign, ReActWeight, RPReLU, RSign,
                                SignSTE, set_binarization)
-from mmseg_didb.models.decode_heads import (BinaryFCNHead, BinaryUPerHead,
-                                            ChannelResize)
+from mmseg_didb.models.decode_heads import BinaryFCNHead, BinaryUPerHead
 
 torch.set_num_threads(1)
 
@@ -66,21 +65,6 @@ def features(batch=2, size=24, seed=0):
     ]
 
 
-def test_channel_resize_matches_shortcut_and_generalises():
-    x = torch.randn(2, 6, 3, 3)
-    for out in (2, 3, 6, 12, 18):
-        ref = ChannelShortcut(6, out, channel_dim=1)(x)
-        torch.testing.assert_close(ChannelResize(6, out)(x), ref)
-    # widening 3 -> 5 tiles and cuts: channels 0 1 2 0 1
-    y = torch.arange(3.).view(1, 3, 1, 1)
-    assert ChannelResize(3, 5)(y).flatten().tolist() == [0, 1, 2, 0, 1]
-    # narrowing 5 -> 2 averages {0, 2, 4} and {1, 3}
-    z = torch.tensor([1., 2., 3., 4., 5.]).view(1, 5, 1, 1)
-    assert ChannelResize(5, 2)(z).flatten().tolist() == [3., 3.]
-    with pytest.raises(ValueError, match='expects 5'):
-        ChannelResize(5, 2)(y)
-
-
 def test_uper_head_every_conv_binary_classifier_fp():
     head = MODELS.build(dict(type='BinaryUPerHead', preset='didb',
                              **uper_cfg()))
@@ -100,8 +84,9 @@ def test_uper_head_every_conv_binary_classifier_fp():
     # the classifier is a plain FP conv
     assert type(head.conv_seg) is nn.Conv2d
     # widths that do not divide each other still get an FP bypass
-    assert isinstance(head.lateral_convs[2].bypass, ChannelResize)  # 24->16
-    assert isinstance(head.lateral_convs[0].bypass, ConvBypass)  # 8->16
+    for lateral in (head.lateral_convs[2], head.lateral_convs[0]):  # 24, 8
+        assert isinstance(lateral.bypass, ConvBypass)
+        assert lateral.bypass.channels.out_channels == 16
     out = head(features())
     assert out.shape == (2, NUM_CLASSES, 24, 24)
 

@@ -10,7 +10,8 @@ import torch.nn as nn
 import mmseg_didb  # noqa: F401
 from mmseg_didb.models.backbones.didb_swin import DIDBSwin
 from mmseg_didb.models.utils.checkpoint import (CheckpointMismatchError,
-                                                load_checkpoint_strict)
+                                                load_checkpoint_strict,
+                                                read_state_dict)
 from mmseg_didb.models.utils.swin_convert import (detect_swin_layout,
                                                   is_fp_key)
 
@@ -317,3 +318,19 @@ def test_convert_pretrained_tool(tmp_path, timm_swin, image):
     load_checkpoint_strict(model, dst)
     with torch.no_grad():
         check_close(model.eval()(image), ref(image), atol=1e-3)
+
+
+def test_read_state_dict_whole_model(tmp_path):
+    w = torch.ones(2)
+    path = str(tmp_path / 'ckpt.pth')
+    # a segmentor checkpoint: every key is kept, ``module.`` stripped
+    torch.save({'state_dict': {'module.backbone.w': w, 'module.head.b': w},
+                'meta': {'iter': 3}}, path)
+    assert sorted(read_state_dict(path)) == ['backbone.w', 'head.b']
+    # the first container key holding a dict wins
+    torch.save({'model': {'a': w}, 'model_ema': {'a_ema': w}}, path)
+    assert list(read_state_dict(path, ('model_ema', 'model'))) == ['a_ema']
+    assert list(read_state_dict(path, ('state_dict', 'model'))) == ['a']
+    torch.save([w], path)
+    with pytest.raises(ValueError, match='no state dict'):
+        read_state_dict(path)

@@ -34,6 +34,7 @@ from mmseg_didb.analysis import build_segmentor, load_config  # noqa: E402
 from mmseg_didb.analysis.complexity import analysis_view  # noqa: E402
 from mmseg_didb.analysis.export import (build_from_packed,  # noqa: E402
                                         save_packed)
+from mmseg_didb.models.utils import read_state_dict  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -54,26 +55,17 @@ def parse_args(argv=None):
 def load_weights(model: torch.nn.Module, path: str) -> None:
     """Load a state dict (raw, or mmengine's ``state_dict`` entry), strictly.
 
-    The file is a trusted local checkpoint: it is read with
-    ``weights_only=False`` because mmengine checkpoints also pickle their
-    message hub.
+    The file is a trusted local checkpoint (mmengine checkpoints also pickle
+    their message hub, see ``read_checkpoint``).
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint "{path}" does not exist')
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f'{path} holds no state dict')
-    state = {k[7:] if k.startswith('module.') else k: v
-             for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(read_state_dict(path), strict=True)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    cfg = load_config(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     model = build_segmentor(cfg)
     load_weights(model, args.checkpoint)
     model.eval()

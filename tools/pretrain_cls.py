@@ -54,6 +54,7 @@ import mmseg_didb  # noqa: E402,F401  registers the didb_* timm models
 from mmseg_didb.binary import (GRSSchedule, grs_loss,  # noqa: E402
                                set_binarization)
 from mmseg_didb.models.losses import pixel_kd_loss  # noqa: E402
+from mmseg_didb.models.utils import read_state_dict  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -172,15 +173,9 @@ def load_weights(model: nn.Module, path: str) -> None:
     if not osp.isfile(path):
         raise SystemExit(f'Checkpoint {path} not found (no download is '
                          'attempted; give a local file).')
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    state = ckpt
-    if isinstance(ckpt, dict):
-        for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
-            if key in ckpt and isinstance(ckpt[key], dict):
-                state = ckpt[key]
-                break
-    state = {(k[7:] if k.startswith('module.') else k): v
-             for k, v in state.items()}
+    # an EMA copy, when saved, is the model to continue from
+    state = read_state_dict(
+        path, ('state_dict_ema', 'model_ema', 'state_dict', 'model'))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise SystemExit(

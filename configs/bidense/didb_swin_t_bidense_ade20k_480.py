@@ -6,18 +6,14 @@
 # cross-entropy only (no auxiliary head), no ImageNet initialisation.
 _base_ = [
     '../_base_/models/upernet_didb_swin.py',
-    '../_base_/datasets/ade20k_checked.py',
-    'mmseg::_base_/default_runtime.py',
-    '../_base_/schedules/binary_adamw_160k.py',
+    '../_base_/ade20k_160k.py',
 ]
-custom_imports = dict(imports=['mmseg_didb'], allow_failed_imports=False)
 crop_size = (480, 480)
 max_epochs = 50
 data_preprocessor = dict(size=crop_size)
 model = dict(
     data_preprocessor=data_preprocessor,
-    backbone=dict(preset='didb', init_cfg=None),
-    decode_head=dict(preset='didb', num_classes=150),
+    backbone=dict(init_cfg=None),
     auxiliary_head=None)
 
 train_pipeline = [
@@ -43,10 +39,9 @@ train_dataloader = dict(
     batch_size=4,
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(batch_size=1, dataset=dict(pipeline=test_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optim_wrapper = dict(optimizer=dict(lr=1e-4))
 param_scheduler = [
     dict(
         type='OneCycleLR',
@@ -62,7 +57,6 @@ train_cfg = dict(
     max_epochs=max_epochs,
     val_interval=5)
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=True),
-    checkpoint=dict(
-        type='CheckpointHook', by_epoch=True, interval=5, max_keep_ckpts=3))
+    logger=dict(log_metric_by_epoch=True),
+    checkpoint=dict(by_epoch=True, interval=5, max_keep_ckpts=3))
 log_processor = dict(by_epoch=True)

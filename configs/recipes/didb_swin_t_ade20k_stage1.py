@@ -10,16 +10,10 @@ _base_ = ['../didb_swin_t_ade20k.py']
 model = dict(binarize=dict(weights=False))
 max_iters = 80000
 optim_wrapper = dict(optimizer=dict(weight_decay=1e-5))
+# the 160k schedule's warm-up, then its poly decay ending with the stage
 param_scheduler = [
-    dict(
-        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-    dict(
-        type='PolyLR',
-        eta_min=0.0,
-        power=1.0,
-        begin=1500,
-        end=max_iters,
-        by_epoch=False)
+    _base_.param_scheduler[0],
+    dict(_base_.param_scheduler[1], end=max_iters),
 ]
 train_cfg = dict(max_iters=max_iters, val_interval=8000)
 default_hooks = dict(checkpoint=dict(interval=8000))

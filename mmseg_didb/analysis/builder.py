@@ -7,7 +7,8 @@ differ only in binarization and the binary-unit extras, never in widths,
 depths or input size.
 """
 import copy
-from typing import Any, Optional, Union
+import os.path as osp
+from typing import Any, Callable, Optional, Union
 
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
@@ -16,39 +17,71 @@ from mmengine.config import Config, ConfigDict
 _DISTILL_KEYS = ('teacher_config', 'teacher_checkpoint', 'distill')
 
 
-def load_config(config: Union[str, Config, dict]) -> Config:
+def load_config(config: Union[str, Config, dict],
+                cfg_options: Optional[dict] = None) -> Config:
     """Load a config file (or copy a Config / dict).
+
+    Args:
+        config: config path, Config or dict.
+        cfg_options: ``--cfg-options`` overrides merged into the result.
 
     Raises:
         FileNotFoundError: if ``config`` is a path that does not exist.
     """
     if isinstance(config, Config):
-        return copy.deepcopy(config)
-    if isinstance(config, dict):
-        return Config(copy.deepcopy(config))
-    import os.path as osp
-    if not osp.isfile(config):
+        cfg = copy.deepcopy(config)
+    elif isinstance(config, dict):
+        cfg = Config(copy.deepcopy(config))
+    elif not osp.isfile(config):
         raise FileNotFoundError(
             f'config file "{config}" does not exist; pass the path of an '
             'mmseg config, e.g. configs/didb_swin_t_ade20k.py')
-    return Config.fromfile(config)
+    else:
+        cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
 
 
-def _to_fp(node: Any) -> Any:
-    """Recursively set ``preset='fp'`` and clear ``preset_overrides``."""
+def comparison_config(cfg: Config, vs: str,
+                      cfg_options: Optional[dict] = None) -> Optional[Config]:
+    """The config an efficiency tool compares ``cfg`` with (``--vs``).
+
+    ``'auto'``: :func:`fp_counterpart` of ``cfg``; ``'none'``: None (no
+    comparison); anything else: that config file, with ``cfg_options``.
+    """
+    if vs == 'none':
+        return None
+    if vs == 'auto':
+        return fp_counterpart(cfg)
+    return load_config(vs, cfg_options)
+
+
+_RECURSE = object()
+
+
+def _rewrite(node: Any, rule: Callable[[str, Any], Any]) -> Any:
+    """Copy of ``node`` with ``rule(key, value)`` as the value of every dict
+    item at any depth; where the rule returns ``_RECURSE`` the value is
+    rewritten in turn."""
     if isinstance(node, dict):
         out = ConfigDict() if isinstance(node, ConfigDict) else type(node)()
         for key, value in node.items():
-            if key == 'preset':
-                out[key] = 'fp'
-            elif key == 'preset_overrides':
-                out[key] = dict()
-            else:
-                out[key] = _to_fp(value)
+            new = rule(key, value)
+            out[key] = _rewrite(value, rule) if new is _RECURSE else new
         return out
     if isinstance(node, (list, tuple)):
-        return type(node)(_to_fp(v) for v in node)
+        return type(node)(_rewrite(v, rule) for v in node)
     return node
+
+
+def _fp_rule(key: str, value: Any) -> Any:
+    """Set ``preset='fp'`` and clear ``preset_overrides``."""
+    if key == 'preset':
+        return 'fp'
+    if key == 'preset_overrides':
+        return dict()
+    return _RECURSE
 
 
 def _has_key(node: Any, name: str) -> bool:
@@ -79,7 +112,7 @@ def fp_counterpart(config: Union[str, Config, dict]) -> Config:
             'the config sets no "preset" anywhere under `model`, so its FP '
             'counterpart cannot be derived; pass the FP config explicitly '
             '(--vs CONFIG)')
-    cfg.model = _to_fp(cfg.model)
+    cfg.model = _rewrite(cfg.model, _fp_rule)
     return cfg
 
 
@@ -98,22 +131,14 @@ def strip_training_only(model_cfg: dict) -> dict:
     return model_cfg
 
 
-def _drop_pretrained(node: Any) -> Any:
+def _no_pretrained_rule(key: str, value: Any) -> Any:
     """Remove ``init_cfg`` of type Pretrained (no checkpoint is loaded)."""
-    if isinstance(node, dict):
-        out = ConfigDict() if isinstance(node, ConfigDict) else type(node)()
-        for key, value in node.items():
-            if (key == 'init_cfg' and isinstance(value, dict)
-                    and value.get('type') == 'Pretrained'):
-                out[key] = None
-            elif key == 'pretrained' and isinstance(value, str):
-                out[key] = None
-            else:
-                out[key] = _drop_pretrained(value)
-        return out
-    if isinstance(node, (list, tuple)):
-        return type(node)(_drop_pretrained(v) for v in node)
-    return node
+    if (key == 'init_cfg' and isinstance(value, dict)
+            and value.get('type') == 'Pretrained'):
+        return None
+    if key == 'pretrained' and isinstance(value, str):
+        return None
+    return _RECURSE
 
 
 def build_segmentor(config: Union[str, Config, dict],
@@ -143,7 +168,7 @@ def build_segmentor(config: Union[str, Config, dict],
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model_cfg = strip_training_only(cfg.model)
     if not keep_pretrained:
-        model_cfg = _drop_pretrained(model_cfg)
+        model_cfg = _rewrite(model_cfg, _no_pretrained_rule)
     model = MODELS.build(model_cfg)
     model = revert_sync_batchnorm(model)
     if device is not None:

@@ -4,8 +4,8 @@
   taking a weight and an input quantizer (Larq-style ``kernel_quantizer`` /
   ``input_quantizer``). With no quantizers, or with them disabled, they are
   exactly the FP layers.
-* :class:`ChannelShortcut`: FP shortcut between widths: identity, channel
-  repeat (widening) or channel-group average (narrowing).
+* :class:`ChannelShortcut`: FP shortcut between any widths: identity,
+  cyclic channel tiling (widening) or channel-group average (narrowing).
 * :class:`BinaryLinearUnit`:
   ``y = act(norm(BinaryLinear(q(x))) + shortcut(x))`` on tokens, the block of
   BinaryViT (Le & Li, CVPRW 2023) and DIDB-ViT (Gao et al. 2025) used for q,
@@ -15,6 +15,7 @@
 """
 from typing import Optional, Sequence, Tuple, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -144,40 +145,52 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
 
 
 class ChannelShortcut(nn.Module):
-    """FP shortcut between channel widths (BinaryViT-Le, BiDense CFB bypass).
+    """Parameter-free FP shortcut between any two channel widths.
+
+    BinaryViT-Le's shortcut and BiDense's CFB bypass, extended to widths that
+    do not divide each other (mmseg's UPerNet needs e.g. 96 -> 512):
 
     * ``in == out``: identity.
-    * ``out = k * in``: repeat (tile) the channels k times, channel j of the
-      output is input channel ``j mod in``.
-    * ``in = k * out``: average the k channels ``{j, j + out, ...}`` (the
-      inverse of the tiling, so ``average(repeat(x)) == x``).
+    * widening: output channel ``j`` is input channel ``j mod in`` (the
+      channels are tiled, the last tile cut); ``out = k * in`` repeats them
+      k times.
+    * narrowing: output channel ``j`` is the mean of the input channels
+      ``{j, j + out, j + 2 out, ...}`` below ``in``, i.e. groups of
+      ``floor(in / out)`` or ``ceil(in / out)`` channels; for ``in = k * out``
+      every group has k channels and ``average(repeat(x)) == x``.
 
     Args:
         in_channels: input width.
         out_channels: output width.
         channel_dim: channel axis (-1 tokens, 1 maps).
-
-    Raises:
-        ValueError: when neither width divides the other.
     """
 
     def __init__(self, in_channels: int, out_channels: int,
                  channel_dim: int = -1) -> None:
         super().__init__()
+        if in_channels <= 0 or out_channels <= 0:
+            raise ValueError('ChannelShortcut needs positive widths, got '
+                             f'in={in_channels}, out={out_channels}')
         if in_channels == out_channels:
             self.mode = 'identity'
-        elif out_channels % in_channels == 0:
+        elif out_channels > in_channels:
             self.mode = 'repeat'
-        elif in_channels % out_channels == 0:
-            self.mode = 'average'
         else:
-            raise ValueError(
-                f'ChannelShortcut needs one width to divide the other, got '
-                f'in={in_channels}, out={out_channels}; use shortcut=False or '
-                'widths that are multiples')
+            self.mode = 'average'
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.channel_dim = channel_dim
+        # only widths that do not divide need the cyclic index / group sizes;
+        # non-persistent, so checkpoints hold no key for the shortcut
+        index = count = None
+        if self.mode == 'repeat' and out_channels % in_channels:
+            index = torch.arange(out_channels) % in_channels
+        elif self.mode == 'average' and in_channels % out_channels:
+            count = torch.zeros(out_channels).index_add_(
+                0, torch.arange(in_channels) % out_channels,
+                torch.ones(in_channels))
+        self.register_buffer('index', index, persistent=False)
+        self.register_buffer('count', count, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         dim = self.channel_dim % x.dim()
@@ -188,13 +201,24 @@ class ChannelShortcut(nn.Module):
         if self.mode == 'identity':
             return x
         if self.mode == 'repeat':
+            if self.index is not None:
+                return x.index_select(dim, self.index)
             reps = [1] * x.dim()
             reps[dim] = self.out_channels // self.in_channels
             return x.repeat(reps)
-        k = self.in_channels // self.out_channels
+        groups = -(-self.in_channels // self.out_channels)  # ceil
+        if self.count is not None:
+            # zero-pad to groups * out channels; count holds the true sizes
+            pad = list(x.shape)
+            pad[dim] = groups * self.out_channels - self.in_channels
+            x = torch.cat([x, x.new_zeros(pad)], dim)
         shape = list(x.shape)
-        shape[dim:dim + 1] = [k, self.out_channels]
-        return x.reshape(shape).mean(dim=dim)
+        shape[dim:dim + 1] = [groups, self.out_channels]
+        if self.count is None:
+            return x.reshape(shape).mean(dim=dim)
+        count = self.count.to(x.dtype).view(
+            [-1 if d == dim else 1 for d in range(x.dim())])
+        return x.reshape(shape).sum(dim=dim) / count
 
     def extra_repr(self) -> str:
         return (f'{self.in_channels}, {self.out_channels}, mode={self.mode}, '

@@ -55,13 +55,17 @@ def sign(x: Tensor) -> Tensor:
 # --------------------------------------------------------------------------
 # autograd functions (forward: exact binary values; backward: surrogate)
 # --------------------------------------------------------------------------
-class _SignClippedSTE(torch.autograd.Function):
-    """sign(x); backward grad * 1[|x| <= 1] (BNN clipped straight-through)."""
+class _SignFn(torch.autograd.Function):
+    """sign(x) forward, saving x; subclasses define the surrogate backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         ctx.save_for_backward(x)
         return sign(x)
+
+
+class _SignClippedSTE(_SignFn):
+    """sign(x); backward grad * 1[|x| <= 1] (BNN clipped straight-through)."""
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -69,17 +73,12 @@ class _SignClippedSTE(torch.autograd.Function):
         return grad * (x.abs() <= 1).to(grad.dtype)
 
 
-class _SignApprox(torch.autograd.Function):
+class _SignApprox(_SignFn):
     """sign(x); backward grad * (2 - 2|x|) on |x| <= 1, else 0 (Bi-Real Eq. 5).
 
     This is the derivative of the piecewise polynomial ApproxSign
     (2x + x^2 on [-1, 0), 2x - x^2 on [0, 1], +-1 outside).
     """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return sign(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:

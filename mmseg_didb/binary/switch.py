@@ -22,7 +22,7 @@ KINDS: Dict[str, str] = {
 
 
 def iter_quantizers(module: nn.Module,
-               kind: Optional[str] = None) -> Iterator[tuple]:
+                    kind: Optional[str] = None) -> Iterator[tuple]:
     """Yield ``(name, quantizer)`` for every quantizer in ``module``.
 
     A quantizer is any submodule with a ``kind`` in {'weight', 'activation',

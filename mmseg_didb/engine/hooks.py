@@ -6,8 +6,7 @@ from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
 from ..binary import set_binarization
-
-_KINDS = ('weights', 'activations', 'attention')
+from ..binary.switch import KINDS
 
 
 @HOOKS.register_module()
@@ -40,7 +39,7 @@ class BinarizationSwitchHook(Hook):
                  attention_on_iter: Optional[int] = None) -> None:
         self.on_iters: Dict[str, int] = {}
         for kind, value in zip(
-                _KINDS,
+                KINDS,
                 (weights_on_iter, activations_on_iter, attention_on_iter)):
             if value is None:
                 continue

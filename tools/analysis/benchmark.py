@@ -25,24 +25,22 @@ import torch
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
-from mmengine.config import DictAction  # noqa: E402
-
-from mmseg_didb.analysis import (build_segmentor, fp_counterpart,  # noqa: E402
-                                 load_config)
+from mmseg_didb.analysis import (build_segmentor,  # noqa: E402
+                                 comparison_config, load_config)
 from mmseg_didb.analysis.benchmark import (  # noqa: E402
     benchmark_isolated, benchmark_model, describe_device, format_results,
     results_dict)
+from mmseg_didb.analysis.cli import (add_model_args,  # noqa: E402
+                                     check_model_args)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('config', help='model config file')
-    parser.add_argument(
-        '--vs', default='auto', metavar='CONFIG',
-        help="FP counterpart config; 'auto' (default) sets every preset to "
-        "'fp'; 'none' benchmarks the model alone")
-    parser.add_argument('--shape', type=int, nargs='+', default=[512, 512],
-                        metavar='H W', help='input size (default 512 512)')
+    add_model_args(
+        parser,
+        vs_help="FP counterpart config; 'auto' (default) sets every preset "
+        "to 'fp'; 'none' benchmarks the model alone",
+        json_help='write JSON (stdout if no PATH)')
     parser.add_argument(
         '--batch-size', type=int, default=2,
         help='images per step (default 2, as per GPU in the configs; the PPM '
@@ -51,23 +49,14 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--device', default=None,
                         help='cpu or cuda (default: cuda when available)')
-    parser.add_argument('--threads', type=int, default=None,
-                        help='torch CPU threads (default: torch default)')
     parser.add_argument('--phases', nargs='+', default=['train', 'infer'],
                         choices=['train', 'infer'])
     parser.add_argument(
         '--no-isolate', action='store_true',
         help='on CPU, run everything in this process (default: each model '
         'and phase in a fresh child process, for clean peak-RSS numbers)')
-    parser.add_argument('--json', nargs='?', const='-', default=None,
-                        metavar='PATH', help='write JSON (stdout if no PATH)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
     args = parser.parse_args(argv)
-    if len(args.shape) == 1:
-        args.shape = args.shape * 2
-    if len(args.shape) != 2 or min(args.shape) < 1:
-        parser.error('--shape takes H W (or one size for a square input)')
+    check_model_args(parser, args)
     if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error('--repeats and --batch-size must be >= 1, --warmup >= 0')
     if args.device == 'cuda' and not torch.cuda.is_available():
@@ -80,18 +69,12 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    cfg = load_config(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     models = [(osp.splitext(osp.basename(args.config))[0], cfg)]
-    if args.vs != 'none':
-        if args.vs == 'auto':
-            models.append(('fp (preset=fp)', fp_counterpart(cfg)))
-        else:
-            vs = load_config(args.vs)
-            if args.cfg_options:
-                vs.merge_from_dict(args.cfg_options)
-            models.append((osp.splitext(osp.basename(args.vs))[0], vs))
+    vs = comparison_config(cfg, args.vs, args.cfg_options)
+    if vs is not None:
+        models.append(('fp (preset=fp)' if args.vs == 'auto' else
+                       osp.splitext(osp.basename(args.vs))[0], vs))
     shape = tuple(args.shape)
     results = []
     common = dict(shape=shape, batch_size=args.batch_size,

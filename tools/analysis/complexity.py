@@ -21,34 +21,23 @@ import torch
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
-from mmengine.config import DictAction  # noqa: E402
-
-from mmseg_didb.analysis import (analyze_config, format_report,  # noqa: E402
-                                 fp_counterpart, load_config, ratios)
+from mmseg_didb.analysis import (analyze_config,  # noqa: E402
+                                 comparison_config, format_report,
+                                 load_config, ratios)
+from mmseg_didb.analysis.cli import (add_model_args,  # noqa: E402
+                                     check_model_args)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('config', help='model config file')
-    parser.add_argument('--shape', type=int, nargs='+', default=[512, 512],
-                        metavar='H W', help='input size (default 512 512)')
-    parser.add_argument(
-        '--vs', default='auto', metavar='CONFIG',
-        help="FP counterpart config to compare with; 'auto' (default) sets "
-        "every preset to 'fp'; 'none' skips the comparison")
-    parser.add_argument('--json', nargs='?', const='-', default=None,
-                        metavar='PATH',
-                        help='write JSON (to PATH, or stdout when no PATH is '
-                        'given, replacing the tables)')
-    parser.add_argument('--threads', type=int, default=None,
-                        help='torch CPU threads (default: torch default)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
+    add_model_args(
+        parser,
+        vs_help="FP counterpart config to compare with; 'auto' (default) "
+        "sets every preset to 'fp'; 'none' skips the comparison",
+        json_help='write JSON (to PATH, or stdout when no PATH is given, '
+        'replacing the tables)')
     args = parser.parse_args(argv)
-    if len(args.shape) == 1:
-        args.shape = args.shape * 2
-    if len(args.shape) != 2 or min(args.shape) < 1:
-        parser.error('--shape takes H W (or one size for a square input)')
+    check_model_args(parser, args)
     return args
 
 
@@ -56,21 +45,16 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     shape = tuple(args.shape)
     report = analyze_config(cfg, shape)
     result = dict(config=args.config, shape=list(shape),
                   model=report.to_dict())
     texts = [format_report(report, f'{args.config} @ {shape[0]}x{shape[1]}')]
-    if args.vs != 'none':
-        if args.vs == 'auto':
-            fp_cfg, fp_name = fp_counterpart(cfg), 'FP counterpart (preset=fp)'
-        else:
-            fp_cfg, fp_name = load_config(args.vs), args.vs
-            if args.cfg_options:
-                fp_cfg.merge_from_dict(args.cfg_options)
+    fp_cfg = comparison_config(cfg, args.vs, args.cfg_options)
+    if fp_cfg is not None:
+        fp_name = ('FP counterpart (preset=fp)' if args.vs == 'auto' else
+                   args.vs)
         fp_report = analyze_config(fp_cfg, shape)
         r = ratios(report.total, fp_report.total)
         result.update(vs=fp_name, fp=fp_report.to_dict(), ratios=r)

@@ -20,7 +20,7 @@ from mmseg.registry import MODELS
 from mmseg_didb.binary.layers import BinaryLinearUnit, ChannelShortcut
 from mmseg_didb.binary.presets import BinaryPreset, resolve_preset
 from ..layers import DIDBAttention, DIDBBlock, window_attention_mask
-from ..utils.checkpoint import load_checkpoint_strict
+from ..utils.checkpoint import StrictPretrainedMixin
 from ..utils.swin_convert import convert_swin_state_dict
 
 __all__ = ['DIDBSwin', 'DIDBWindowAttention', 'BinaryPatchMerging',
@@ -223,7 +223,7 @@ ARCH_ZOO: Dict[str, dict] = {
 
 
 @MODELS.register_module()
-class DIDBSwin(BaseModule):
+class DIDBSwin(StrictPretrainedMixin, BaseModule):
     """Binary Swin Transformer backbone (DIDB-ViT applied to Swin).
 
     Outputs, like mmseg's ``SwinTransformer``, a list of ``(B, C_i, H_i, W_i)``
@@ -278,6 +278,7 @@ class DIDBSwin(BaseModule):
             ``preset_overrides``).
     """
     arch_zoo = ARCH_ZOO
+    checkpoint_hint = CHECKPOINT_HINT
 
     def __init__(self,
                  arch: str = 'tiny',
@@ -392,12 +393,8 @@ class DIDBSwin(BaseModule):
     def _num_heads_at(self, attn_key: str) -> int:
         return self.get_submodule(attn_key).num_heads
 
-    def _convert_checkpoint(self, state_dict: dict, prefix: str, *args) -> None:
-        """Load-state-dict pre-hook: convert timm / official / mmseg keys."""
-        own = {k[len(prefix):]: state_dict.pop(k)
-               for k in [k for k in state_dict if k.startswith(prefix)]}
-        if not own:
-            return
+    def _convert_state_dict(self, own: dict) -> dict:
+        """Convert timm / official / mmseg Swin keys (pre-hook of the mixin)."""
         converted, report = convert_swin_state_dict(
             own, self.state_dict(), self._num_heads_at)
         if report['layout'] != 'didb' or report['kept_init']:
@@ -406,32 +403,20 @@ class DIDBSwin(BaseModule):
                 f"dropped {len(report['dropped'])} buffer/classifier keys, "
                 f"{len(report['kept_init'])} binary-only / output-norm "
                 'parameters keep their init', logger='current')
-        state_dict.update({prefix + k: v for k, v in converted.items()})
+        return converted
 
-    def init_weights(self) -> None:
-        """Load the Pretrained ``init_cfg`` strictly, else timm's Swin init."""
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            if 'checkpoint' not in cfg:
-                raise ValueError("init_cfg of type 'Pretrained' needs "
-                                 'checkpoint=PATH. ' + CHECKPOINT_HINT)
-            load_checkpoint_strict(self, cfg['checkpoint'],
-                                   prefix=cfg.get('prefix'),
-                                   hint=CHECKPOINT_HINT)
-        else:
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    trunc_normal_(m.weight, std=.02)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.LayerNorm):
-                    nn.init.ones_(m.weight)
+    def _init_fresh(self) -> None:
+        """timm's Swin init (run when no Pretrained init_cfg is given)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
                     nn.init.zeros_(m.bias)
-                elif isinstance(m, DIDBWindowAttention):
-                    trunc_normal_(m.relative_position_bias_table, std=.02)
-            if cfg is not None:
-                super().init_weights()
-        self._is_init = True
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, DIDBWindowAttention):
+                trunc_normal_(m.relative_position_bias_table, std=.02)
 
     # --------------------------------------------------------------- training
     def train(self, mode: bool = True) -> 'DIDBSwin':

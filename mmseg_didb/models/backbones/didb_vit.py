@@ -31,7 +31,7 @@ from torch.nn.modules.utils import _pair as to_2tuple
 
 from mmseg_didb.binary.presets import BinaryPreset, resolve_preset
 from ..layers.transformer_block import DIDBBlock
-from ..utils.checkpoint import load_checkpoint_strict
+from ..utils.checkpoint import StrictPretrainedMixin
 from ..utils.vit_convert import convert_vit_state_dict, resize_grid_tokens
 
 Tensor = torch.Tensor
@@ -51,7 +51,7 @@ def _build_norm(norm_cfg: dict, num_features: int) -> nn.Module:
 
 
 @MODELS.register_module()
-class DIDBViT(BaseModule):
+class DIDBViT(StrictPretrainedMixin, BaseModule):
     """Binary DeiT / ViT backbone (DIDB-ViT) with mmseg ViT's interface.
 
     Args:
@@ -106,6 +106,10 @@ class DIDBViT(BaseModule):
         'deit-base': dict(embed_dims=768, num_layers=12, num_heads=12,
                           mlp_ratio=4),
     }
+
+    checkpoint_hint = CHECKPOINT_HINT
+    # binary-only parameters a FP checkpoint lacks keep timm's init
+    init_before_load = True
 
     def __init__(self,
                  arch: Union[str, dict] = 'deit-small',
@@ -333,14 +337,9 @@ class DIDBViT(BaseModule):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _convert_checkpoint(self, state_dict: dict, prefix: str,
-                            *args) -> None:
-        """Load-state-dict pre-hook: convert timm / DeiT / mmseg-ViT keys,
-        resize the position embedding and the Token RPReLU maps."""
-        own = {k[len(prefix):]: state_dict.pop(k)
-               for k in [k for k in state_dict if k.startswith(prefix)]}
-        if not own:
-            return
+    def _convert_state_dict(self, own: dict) -> dict:
+        """Convert timm / DeiT / mmseg-ViT keys, resize the position
+        embedding and the Token RPReLU maps (pre-hook of the mixin)."""
         converted, report = convert_vit_state_dict(
             own, self.state_dict(), self.ref_grid, self.num_extra_tokens,
             num_heads=self.num_heads, interpolate_mode=self.interpolate_mode)
@@ -351,29 +350,4 @@ class DIDBViT(BaseModule):
                 f"dropped classification keys {report['dropped']}; "
                 f"{len(report['kept_init'])} binary-only parameters keep "
                 'their init', logger='current')
-        state_dict.update({prefix + k: v for k, v in converted.items()})
-
-    def init_weights(self) -> None:
-        """Load the Pretrained ``init_cfg`` strictly, else timm's ViT init.
-
-        Any checkpoint layout of :mod:`mmseg_didb.models.utils.vit_convert`
-        is accepted; a missing file raises FileNotFoundError, a checkpoint
-        that leaves model keys unloaded or carries foreign keys raises
-        :class:`~mmseg_didb.models.utils.checkpoint.CheckpointMismatchError`
-        naming them.
-        """
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            if 'checkpoint' not in cfg:
-                raise ValueError("init_cfg of type 'Pretrained' needs "
-                                 'checkpoint=PATH. ' + CHECKPOINT_HINT)
-            # Binary-only parameters a FP checkpoint lacks keep this init.
-            self._init_fresh()
-            load_checkpoint_strict(self, cfg['checkpoint'],
-                                   prefix=cfg.get('prefix'),
-                                   hint=CHECKPOINT_HINT)
-        else:
-            self._init_fresh()
-            if cfg is not None:
-                super().init_weights()
-        self._is_init = True
+        return converted

@@ -1,8 +1,8 @@
-from .binary_conv_module import (ChannelResize, binarize_conv_modules,
+from .binary_conv_module import (binarize_conv_modules,
                                  binary_unit_from_conv_module)
 from .binary_heads import BinaryFCNHead, BinaryUPerHead
 
 __all__ = [
-    'BinaryUPerHead', 'BinaryFCNHead', 'ChannelResize',
+    'BinaryUPerHead', 'BinaryFCNHead',
     'binarize_conv_modules', 'binary_unit_from_conv_module'
 ]

@@ -8,8 +8,10 @@ from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig, SampleList
 from torch import Tensor
 
 from ...binary import GRSSchedule, grs_loss, set_binarization
+from ...binary.switch import KINDS
 
-BINARIZE_KEYS = ('weights', 'activations', 'attention')
+#: keyword arguments of ``set_binarization`` accepted in ``binarize``
+BINARIZE_KEYS = tuple(KINDS)
 
 
 @MODELS.register_module()

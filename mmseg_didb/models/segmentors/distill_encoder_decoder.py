@@ -8,11 +8,11 @@ import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 from mmseg.registry import MODELS
-from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig, SampleList
-from mmseg.utils import add_prefix
+from mmseg.utils import ConfigType, SampleList, add_prefix
 from torch import Tensor
 
 from ..losses import PixelKDLoss
+from ..utils.checkpoint import read_state_dict
 from .binary_encoder_decoder import BinaryEncoderDecoder
 
 
@@ -60,12 +60,7 @@ def load_teacher_checkpoint(teacher: nn.Module, checkpoint: str) -> None:
             'teacher first (its work_dir holds iter_*.pth) or download the '
             "mmseg model-zoo checkpoint of the teacher's config, and set "
             'teacher_checkpoint to the local file.')
-    # trusted local file written by mmengine's Runner (it holds non-tensor
-    # objects, e.g. the message hub), so weights_only=True would reject it
-    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
-    state = {(k[7:] if k.startswith('module.') else k): v
-             for k, v in state.items()}
+    state = read_state_dict(checkpoint)
     missing, unexpected = teacher.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise KeyError(
@@ -125,27 +120,8 @@ class DistillEncoderDecoder(BinaryEncoderDecoder):
                  teacher_checkpoint: Optional[str] = None,
                  distill: Optional[dict] = None,
                  allow_random_teacher: bool = False,
-                 neck: OptConfigType = None,
-                 auxiliary_head: OptConfigType = None,
-                 train_cfg: OptConfigType = None,
-                 test_cfg: OptConfigType = None,
-                 data_preprocessor: OptConfigType = None,
-                 pretrained: Optional[str] = None,
-                 init_cfg: OptMultiConfig = None,
-                 grs: Optional[dict] = None,
-                 binarize: Optional[dict] = None) -> None:
-        super().__init__(
-            backbone=backbone,
-            decode_head=decode_head,
-            neck=neck,
-            auxiliary_head=auxiliary_head,
-            train_cfg=train_cfg,
-            test_cfg=test_cfg,
-            data_preprocessor=data_preprocessor,
-            pretrained=pretrained,
-            init_cfg=init_cfg,
-            grs=grs,
-            binarize=binarize)
+                 **kwargs) -> None:
+        super().__init__(backbone=backbone, decode_head=decode_head, **kwargs)
         distill = dict(distill or {})
         unknown = set(distill) - {'temperature', 'weight', 'mode',
                                   'mask_ignored'}
@@ -169,6 +145,8 @@ class DistillEncoderDecoder(BinaryEncoderDecoder):
                 'True accepts a random teacher, for tests only.')
         # a plain list keeps the teacher out of the module tree
         self._teacher_holder: List[nn.Module] = []
+        # teacher logits of the batch in ``loss``, read by the decode head
+        self._kd_target: Optional[Tensor] = None
 
     def _build_teacher(self, teacher_config: Union[str, dict],
                        teacher_checkpoint: Optional[str],
@@ -255,16 +233,22 @@ class DistillEncoderDecoder(BinaryEncoderDecoder):
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         """CE (+ aux) losses, ``loss_kd`` and, if enabled, ``loss_grs``."""
-        t_logits = self.teacher_logits(inputs)
-        x = self.extract_feat(inputs)
+        # teacher first: built on first use, its random init (tests) must not
+        # shift the RNG state the student forward sees
+        self._kd_target = self.teacher_logits(inputs)
+        try:
+            return super().loss(inputs, data_samples)
+        finally:
+            self._kd_target = None
+
+    def _decode_head_forward_train(self, inputs: List[Tensor],
+                                   data_samples: SampleList) -> dict:
+        """Decode-head losses plus ``loss_kd`` against the teacher logits."""
         # BaseDecodeHead.loss is forward + loss_by_feat; split here so the
         # same student logits feed both CE and KD
-        seg_logits = self.decode_head.forward(x)
+        seg_logits = self.decode_head.forward(inputs)
         losses = add_prefix(
             self.decode_head.loss_by_feat(seg_logits, data_samples), 'decode')
-        if self.with_auxiliary_head:
-            losses.update(self._auxiliary_head_forward_train(x, data_samples))
-        losses['loss_kd'] = self.kd_loss(seg_logits, t_logits,
+        losses['loss_kd'] = self.kd_loss(seg_logits, self._kd_target,
                                          self._valid_mask(data_samples))
-        losses.update(self.regularizer_losses())
         return losses

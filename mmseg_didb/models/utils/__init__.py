@@ -1,10 +1,11 @@
 from .checkpoint import (CheckpointMismatchError, load_checkpoint_strict,
-                         read_checkpoint, resolve_checkpoint_path,
-                         unwrap_state_dict)
+                         read_checkpoint, read_state_dict,
+                         resolve_checkpoint_path, unwrap_state_dict)
 from .swin_convert import convert_swin_state_dict, detect_swin_layout
 
 __all__ = [
     'CheckpointMismatchError', 'load_checkpoint_strict', 'read_checkpoint',
+    'read_state_dict',
     'resolve_checkpoint_path', 'unwrap_state_dict', 'convert_swin_state_dict',
     'detect_swin_layout'
 ]

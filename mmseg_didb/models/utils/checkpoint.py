@@ -17,8 +17,10 @@ import torch.nn as nn
 from mmengine.logging import print_log
 
 __all__ = [
-    'CheckpointMismatchError', 'read_checkpoint', 'unwrap_state_dict',
-    'load_checkpoint_strict', 'resolve_checkpoint_path'
+    'CheckpointMismatchError', 'read_checkpoint', 'read_state_dict',
+    'unwrap_state_dict',
+    'load_checkpoint_strict', 'resolve_checkpoint_path',
+    'StrictPretrainedMixin'
 ]
 
 Tensor = torch.Tensor
@@ -64,6 +66,30 @@ def read_checkpoint(path: str, map_location: Any = 'cpu') -> Mapping:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError):
         return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def read_state_dict(path: str,
+                    keys: Sequence[str] = ('state_dict', )) -> Dict[str, Any]:
+    """The whole state dict of a trusted local checkpoint file.
+
+    The first of ``keys`` that holds a dict is the state dict (none: the file
+    itself); DataParallel ``module.`` prefixes are stripped. Unlike
+    :func:`unwrap_state_dict` no ``backbone.`` selection is made, so a
+    segmentor or classifier checkpoint loads into the whole model.
+
+    Raises:
+        ValueError: the file holds no dict.
+    """
+    state = read_checkpoint(path)
+    if isinstance(state, Mapping):
+        for key in keys:
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping):
+        raise ValueError(f'{path} holds no state dict')
+    return {(k[len('module.'):] if k.startswith('module.') else k): v
+            for k, v in state.items()}
 
 
 def unwrap_state_dict(checkpoint: Mapping,
@@ -175,3 +201,61 @@ def load_checkpoint_strict(model: nn.Module,
     print_log(f'loaded {source} into {type(model).__name__} '
               f'({len(own) - len(result.missing_keys)} keys)', logger=logger)
     return dict(missing_keys=tolerated)
+
+
+class StrictPretrainedMixin:
+    """``init_weights`` and key conversion shared by the plugin's backbones.
+
+    Mix in before ``BaseModule``. A ``Pretrained`` ``init_cfg`` is loaded with
+    :func:`load_checkpoint_strict`; the load-state-dict pre-hook
+    :meth:`_convert_checkpoint` (registered in ``__init__``) hands the
+    backbone's own keys to :meth:`_convert_state_dict`, so every
+    ``load_state_dict`` (``init_cfg``, ``load_from``, a segmentor checkpoint)
+    accepts any layout the backbone's converter knows. Without a
+    ``Pretrained`` ``init_cfg`` the backbone runs :meth:`_init_fresh` and then
+    any other ``init_cfg`` through ``BaseModule.init_weights``.
+
+    Subclasses set ``checkpoint_hint`` (how to obtain a checkpoint) and
+    ``init_before_load`` (run :meth:`_init_fresh` before loading, so the
+    parameters a FP checkpoint lacks keep that init instead of the
+    constructor's), and implement :meth:`_init_fresh` and
+    :meth:`_convert_state_dict`.
+    """
+
+    checkpoint_hint: str = ''
+    init_before_load: bool = False
+
+    def _init_fresh(self) -> None:
+        raise NotImplementedError
+
+    def _convert_state_dict(self, own: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Convert the backbone's keys (prefix stripped) to its own layout."""
+        raise NotImplementedError
+
+    def _convert_checkpoint(self, state_dict: dict, prefix: str,
+                            *args) -> None:
+        """Load-state-dict pre-hook: convert the keys under ``prefix``."""
+        own = {k[len(prefix):]: state_dict.pop(k)
+               for k in [k for k in state_dict if k.startswith(prefix)]}
+        if not own:
+            return
+        converted = self._convert_state_dict(own)
+        state_dict.update({prefix + k: v for k, v in converted.items()})
+
+    def init_weights(self) -> None:
+        """Load the ``Pretrained`` ``init_cfg`` strictly, else a fresh init."""
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            if 'checkpoint' not in cfg:
+                raise ValueError("init_cfg of type 'Pretrained' needs "
+                                 'checkpoint=PATH. ' + self.checkpoint_hint)
+            if self.init_before_load:
+                self._init_fresh()
+            load_checkpoint_strict(self, cfg['checkpoint'],
+                                   prefix=cfg.get('prefix'),
+                                   hint=self.checkpoint_hint)
+        else:
+            self._init_fresh()
+            if cfg is not None:
+                super().init_weights()
+        self._is_init = True
