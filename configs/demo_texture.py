@@ -1,11 +1,13 @@
-# Demo: a small fully binary DIDBSwin (preset 'didb': binary weights and
-# activations, binarized attention probabilities, HFSC + DIBA + Token RPReLU)
-# with an FP UPerHead, trained from scratch on the texture-mosaic dataset on
-# CPU in a few minutes (`bash tools/demo.sh`).
+# Demo: a small fully binary segmentor trained from scratch on the
+# texture-mosaic dataset on CPU in a few minutes (`bash tools/demo.sh`):
+# DIDBSwin (preset 'didb': binary weights and activations, binarized attention
+# probabilities, HFSC + DIBA + Token RPReLU) and a BinaryUPerHead (every conv a
+# binary unit; only the stem, norms and the final 1x1 classifier are FP).
 #
-# The model choice lives here only. For the FP reference set
-# backbone.type='SwinTransformer' (mmseg) and drop `preset`: the other
-# arguments are the same.
+# The model choice lives here only. For the FP reference set preset='fp' in
+# both the backbone and the head (same topology as mmseg's Swin + UPerHead);
+# for a binary backbone on mmseg's FP head, decode_head.type='UPerHead' and
+# drop its `preset`.
 _base_ = [
     './_base_/datasets/texture_mosaic.py',
     'mmseg::_base_/default_runtime.py',
@@ -43,7 +45,8 @@ model = dict(
         drop_path_rate=0.1,
         out_indices=(0, 1, 2, 3)),
     decode_head=dict(
-        type='UPerHead',
+        type='BinaryUPerHead',
+        preset='didb',
         in_channels=[32, 64, 128, 256],
         in_index=[0, 1, 2, 3],
         pool_scales=(1, 2, 3, 6),

@@ -10,4 +10,4 @@ model = dict(
     binarize=None,
     grs=dict(weight=1.0, warmup_iters=40),
     backbone=dict(preset=preset),
-    decode_head=dict(type='BinaryUPerHead', preset=preset))
+    decode_head=dict(preset=preset))

@@ -6,12 +6,8 @@
 #   python tools/train.py configs/recipes/demo_texture_stage1.py
 #   python tools/train.py configs/recipes/demo_texture_stage2.py
 _base_ = ['../demo_texture.py']
-preset = 'didb'
 model = dict(
-    type='BinaryEncoderDecoder',
-    binarize=dict(weights=False),
-    grs=None,
-    decode_head=dict(type='BinaryUPerHead', preset=preset))
+    type='BinaryEncoderDecoder', binarize=dict(weights=False), grs=None)
 
 # Half of the demo's budget per stage; ReActNet step 1 uses weight decay 1e-5.
 max_iters = 200

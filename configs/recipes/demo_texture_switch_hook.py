@@ -5,12 +5,7 @@
 # The network and weight decay of demo_texture_stage1.py over the demo's full
 # 400-iteration schedule.
 _base_ = ['../demo_texture.py']
-preset = 'didb'
-model = dict(
-    type='BinaryEncoderDecoder',
-    binarize=None,
-    grs=None,
-    decode_head=dict(type='BinaryUPerHead', preset=preset))
+model = dict(type='BinaryEncoderDecoder', binarize=None, grs=None)
 optim_wrapper = dict(optimizer=dict(weight_decay=1e-5))
 weights_on_iter = 200
 custom_hooks = [
