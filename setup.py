@@ -1,4 +1,5 @@
 """mmseg_didb: fully binary vision transformers for MMSegmentation 1.x."""
+import os
 import os.path as osp
 import re
 
@@ -30,6 +31,27 @@ def read_readme() -> str:
         return f.read()
 
 
+def extensions() -> dict:
+    """The bit-packed kernels, a C++ extension built against the installed
+    torch (``mmseg_didb.deploy._C``); ``MMSEG_DIDB_NO_EXT=1`` skips it (the
+    pure-PyTorch kernels are used then)."""
+    if os.environ.get('MMSEG_DIDB_NO_EXT') == '1':
+        return {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    # No -march: the code picks AVX-512 / AVX2 / POPCNT variants at run time
+    # from what the CPU reports. No FP contraction: packing must round like
+    # PyTorch's binarizers.
+    ext = CppExtension(
+        'mmseg_didb.deploy._C',
+        ['mmseg_didb/deploy/csrc/bitpack.cpp'],
+        extra_compile_args=['-O3', '-fopenmp', '-ffp-contract=off'],
+        extra_link_args=['-fopenmp'])
+    return dict(ext_modules=[ext],
+                cmdclass={'build_ext': BuildExtension.with_options(
+                    use_ninja=True)})
+
+
 setup(
     name='mmseg_didb',
     version=read_version(),
@@ -47,4 +69,5 @@ setup(
         'Programming Language :: Python :: 3',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',
     ],
-    zip_safe=False)
+    zip_safe=False,
+    **extensions())

@@ -29,7 +29,9 @@ data_preprocessor = dict(
     seg_pad_val=255,
     size=crop_size)
 model = dict(
-    type='EncoderDecoder',
+    # EncoderDecoder plus the preset-driven GRS loss (binaryvit) and the
+    # binarization switches; inference is EncoderDecoder's
+    type='BinaryEncoderDecoder',
     data_preprocessor=data_preprocessor,
     backbone=dict(
         type='DIDBSwin',

@@ -168,6 +168,9 @@ def runner_checkpoint_globals() -> List[Any]:
         if cls is not np.dtype:
             entries.append((cls, f'{cls.__module__}.{cls.__qualname__}'))
     entries.append((_history_buffer_getattr, 'builtins.getattr'))
+    # pickle protocol 2 writes an empty bytes object (the data of an empty
+    # array, e.g. a HistoryBuffer that never logged) as a call to bytes()
+    entries.append(bytes)
     return entries
 
 

@@ -35,17 +35,42 @@ def test_haar2d_odd_positions_are_shifted_transform():
 def test_haar2d_perfect_reconstruction_and_split():
     x = torch.randn(2, 4, 7, 10)
     torch.testing.assert_close(ihaar2d(*haar2d(x)), x)
-    low, high = haar_split(x)
-    torch.testing.assert_close(low, haar2d(x)[0])
-    torch.testing.assert_close(low + high, x)
-    # LL is twice the local 2x2 mean (replicate padding right/bottom)
+    # default split: X_L is the local 2x2 mean (replicate padding right /
+    # bottom), i.e. LL / 2, and X_H = X - X_L = (LH + HL + HH) / 2
     mean = F.avg_pool2d(F.pad(x, (0, 1, 0, 1), mode='replicate'), 2, 1)
-    torch.testing.assert_close(low, 2 * mean)
-    low_m, high_m = haar_split(x, low='mean')
-    torch.testing.assert_close(low_m, mean)
-    torch.testing.assert_close(low_m + high_m, x)
+    low, high = haar_split(x)
+    torch.testing.assert_close(low, mean)
+    torch.testing.assert_close(low, haar2d(x)[0] / 2)
+    _, lh, hl, hh = haar2d(x)
+    torch.testing.assert_close(high, (lh + hl + hh) / 2)
+    torch.testing.assert_close(low + high, x)
+    # the earlier reconstruction stays available: X_L = LL = 2 * mean
+    low_ll, high_ll = haar_split(x, low='ll')
+    torch.testing.assert_close(low_ll, 2 * mean)
+    torch.testing.assert_close(low_ll + high_ll, x)
     with pytest.raises(ValueError, match='mean'):
         haar_split(x, low='avg')
+
+
+def test_haar_split_bands_carry_different_signals_on_smooth_maps():
+    # a smooth, layer-normalised map (what HFSC sees): the default high band
+    # is a zero-mean detail, not the negated low band of the 'll' split
+    torch.manual_seed(0)
+    x = F.interpolate(torch.randn(2, 8, 6, 6), size=(24, 24),
+                      mode='bicubic', align_corners=False)
+    x = F.layer_norm(x.permute(0, 2, 3, 1), (8, )).permute(0, 3, 1, 2)
+
+    def corr(a, b):
+        a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
+        return float((a * b).sum() / (a.norm() * b.norm()))
+
+    low, high = haar_split(x)
+    low_ll, high_ll = haar_split(x, low='ll')
+    assert corr(low_ll, high_ll) < -0.9  # 'll': X - LL is about -X_L
+    assert abs(corr(low, high)) < 0.2
+    # on a smooth map the detail band is much weaker than the low band
+    assert high.abs().mean() < 0.3 * low.abs().mean()
+    assert high_ll.abs().mean() > 0.9 * low.abs().mean()
 
 
 def test_haar2d_constant_and_ramp():

@@ -238,7 +238,7 @@ def test_all_off_unit_is_fp_unit():
 
 # --------------------------------------------------------------- presets
 
-#: the documented table (DESIGN section 4 / docs/binary.md), field by field
+#: the documented table (docs/method.md / docs/binary.md), field by field
 DOCUMENTED = {
     #            weight   act        attn       unit   activ.    norm
     #            hfsc   diba_s diba_l token     grs

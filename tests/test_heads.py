@@ -92,10 +92,13 @@ def test_uper_head_every_conv_binary_classifier_fp():
 
 
 def test_unit_is_act_norm_binconv_plus_bypass():
-    """A swapped conv is RPReLU(BN(conv(sign(x+b), a*sign(Wc))) + x)."""
+    """A swapped conv is RPReLU(BN(conv(sign(x/m+b), a*sign(Wc))) + x)."""
     head = BinaryUPerHead(**uper_cfg()).eval()
     unit = head.fpn_convs[0]  # 3x3, 16 -> 16, padding 1
+    mag = unit.conv.input_quantizer.input_scale
     with torch.no_grad():
+        mag.magnitude.uniform_(0.5, 4)
+        mag.initialized.fill_(1)
         unit.conv.input_quantizer.bias.uniform_(-.3, .3)
         unit.norm.running_mean.uniform_(-1, 1)
         unit.norm.running_var.uniform_(.5, 2)
@@ -107,7 +110,8 @@ def test_unit_is_act_norm_binconv_plus_bypass():
     scale = w.abs().mean(dim=(1, 2, 3), keepdim=True)
     wb = scale * torch.where(wc >= 0, 1., -1.)
     b = unit.conv.input_quantizer.bias.view(1, -1, 1, 1)
-    xb = torch.where(x + b >= 0, 1., -1.)
+    m = mag.magnitude.view(1, -1, 1, 1)
+    xb = torch.where(x / m + b >= 0, 1., -1.)
     y = F.conv2d(xb, wb, padding=1)
     y = unit.norm(y) + x  # bypass: identity at equal widths
     g = unit.act.gamma.view(1, -1, 1, 1)

@@ -176,9 +176,14 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument('--window-size', type=int, default=None,
                         help='target window (relative-position tables are '
                         'resized); default: the checkpoint window')
+    parser.add_argument(
+        '--unsafe-load', action='store_true',
+        help='load a checkpoint that weights-only unpickling refuses with a '
+        'full unpickle (trusted files only: it can run code; logged)')
     args = parser.parse_args(argv)
     checkpoint = read_checkpoint(resolve_checkpoint_path(
-        args.src, 'Pass the path of a downloaded classification checkpoint.'))
+        args.src, 'Pass the path of a downloaded classification checkpoint.'),
+        allow_unsafe=args.unsafe_load)
     arch = (_detect_arch(checkpoint, args.prefix)
             if args.arch == 'auto' else args.arch)
     model, meta = CONVERTERS[arch](checkpoint, args.prefix, args.preset,

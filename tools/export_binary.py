@@ -49,25 +49,28 @@ def parse_args(argv=None):
                         help='skip the reload-and-compare check')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
+    parser.add_argument(
+        '--unsafe-load', action='store_true',
+        help='load a checkpoint that weights-only unpickling refuses with a '
+        'full unpickle (trusted files only: it can run code; logged)')
     return parser.parse_args(argv)
 
 
-def load_weights(model: torch.nn.Module, path: str) -> None:
-    """Load a state dict (raw, or mmengine's ``state_dict`` entry), strictly.
-
-    The file is a trusted local checkpoint (mmengine checkpoints also pickle
-    their message hub, see ``read_checkpoint``).
-    """
+def load_weights(model: torch.nn.Module, path: str,
+                 allow_unsafe: bool = False) -> None:
+    """Load a state dict (raw, or mmengine's ``state_dict`` entry), strictly,
+    with weights-only unpickling unless ``allow_unsafe``."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint "{path}" does not exist')
-    model.load_state_dict(read_state_dict(path), strict=True)
+    model.load_state_dict(read_state_dict(path, allow_unsafe=allow_unsafe),
+                          strict=True)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
     model = build_segmentor(cfg)
-    load_weights(model, args.checkpoint)
+    load_weights(model, args.checkpoint, args.unsafe_load)
     model.eval()
     packed = save_packed(model, args.out, config=cfg.pretty_text)
     with tempfile.TemporaryDirectory() as tmp:

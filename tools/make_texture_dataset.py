@@ -14,7 +14,7 @@ import time
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmseg_didb.datasets.texture_maker import (  # noqa: E402
-    CLASSES, MosaicSpec, build_dataset, is_built)
+    CLASS_SETS, MosaicSpec, build_dataset, class_names, is_built)
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,6 +45,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--min-cells', type=int, default=defaults.min_cells)
     parser.add_argument('--max-cells', type=int, default=defaults.max_cells)
     parser.add_argument(
+        '--classes',
+        default=defaults.classes,
+        choices=sorted(CLASS_SETS),
+        help='class set: texture8 (8 photographs) or grain16 (each also at '
+        'half its grain size)')
+    parser.add_argument(
+        '--gray',
+        action='store_true',
+        help='grayscale photographs: the classes differ by texture only')
+    parser.add_argument(
         '--force',
         action='store_true',
         help='rebuild even if an identical build is present')
@@ -61,15 +71,18 @@ def main() -> None:
         train_fraction=args.train_fraction,
         other_prob=args.other_prob,
         min_cells=args.min_cells,
-        max_cells=args.max_cells)
+        max_cells=args.max_cells,
+        gray=args.gray,
+        classes=args.classes)
     if not args.force and is_built(args.out_dir, spec):
         print(f'{args.out_dir}: already built with these settings '
               '(use --force to rebuild).')
         return
     start = time.time()
     build_dataset(args.out_dir, spec)
-    print(f'{len(CLASSES)} classes: {", ".join(CLASSES)} (labels 1..'
-          f'{len(CLASSES)}, 0 = other/ignore); built in '
+    names = class_names(args.classes)
+    print(f'{len(names)} classes: {", ".join(names)} (labels 1..'
+          f'{len(names)}, 0 = other/ignore); built in '
           f'{time.time() - start:.1f} s.')
 
 

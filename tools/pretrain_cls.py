@@ -54,7 +54,8 @@ import mmseg_didb  # noqa: E402,F401  registers the didb_* timm models
 from mmseg_didb.binary import (GRSSchedule, grs_loss,  # noqa: E402
                                set_binarization)
 from mmseg_didb.models.losses import pixel_kd_loss  # noqa: E402
-from mmseg_didb.models.utils import read_state_dict  # noqa: E402
+from mmseg_didb.models.utils import (read_checkpoint,  # noqa: E402
+                                     read_state_dict)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -109,6 +110,10 @@ def parse_args(argv=None):
     parser.add_argument('--label-smoothing', type=float, default=0.0)
     parser.add_argument('--work-dir', required=True)
     parser.add_argument('--resume', default=None, help='checkpoint to resume')
+    parser.add_argument(
+        '--unsafe-load', action='store_true',
+        help='load checkpoints that weights-only unpickling refuses with a '
+        'full unpickle (trusted files only: it can run code; logged)')
     parser.add_argument('--device', default=None,
                         help='default: cuda if available, else cpu')
     parser.add_argument('--num-workers', type=int, default=2)
@@ -168,14 +173,17 @@ def build_loaders(data: str, img_size: int, batch_size: int,
     return train_set.classes, train_loader, val_loader
 
 
-def load_weights(model: nn.Module, path: str) -> None:
-    """Load a timm / own checkpoint, every key matched."""
+def load_weights(model: nn.Module, path: str,
+                 allow_unsafe: bool = False) -> None:
+    """Load a timm / own checkpoint, every key matched (weights-only
+    unpickling unless ``allow_unsafe``)."""
     if not osp.isfile(path):
         raise SystemExit(f'Checkpoint {path} not found (no download is '
                          'attempted; give a local file).')
     # an EMA copy, when saved, is the model to continue from
     state = read_state_dict(
-        path, ('state_dict_ema', 'model_ema', 'state_dict', 'model'))
+        path, ('state_dict_ema', 'model_ema', 'state_dict', 'model'),
+        allow_unsafe=allow_unsafe)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise SystemExit(
@@ -192,7 +200,7 @@ def build_teacher(args, num_classes: int) -> Optional[nn.Module]:
         args.teacher, pretrained=False, num_classes=num_classes,
         **_json(args.teacher_kwargs, '--teacher-kwargs'))
     if args.teacher_checkpoint:
-        load_weights(teacher, args.teacher_checkpoint)
+        load_weights(teacher, args.teacher_checkpoint, args.unsafe_load)
     elif args.allow_random_teacher:
         msg = (f'teacher {args.teacher} has RANDOM weights (no '
                '--teacher-checkpoint): the KD target is meaningless.')
@@ -286,7 +294,7 @@ def main(argv=None) -> str:
         args.model, pretrained=False, num_classes=len(classes),
         **model_kwargs).to(device)
     if args.init_checkpoint:
-        load_weights(model, args.init_checkpoint)
+        load_weights(model, args.init_checkpoint, args.unsafe_load)
     if args.fp_weights:
         set_binarization(model, weights=False)
     teacher = build_teacher(args, len(classes))
@@ -309,7 +317,9 @@ def main(argv=None) -> str:
                 fp_weights=args.fp_weights, teacher=args.teacher)
     start_epoch, it = 0, 0
     if args.resume:
-        ckpt = torch.load(args.resume, map_location='cpu', weights_only=False)
+        # the resume file holds tensors, optimizer / scheduler state dicts
+        # and numbers only: weights-only unpickling reads it
+        ckpt = read_checkpoint(args.resume, allow_unsafe=args.unsafe_load)
         model.load_state_dict(ckpt['state_dict'])
         optimizer.load_state_dict(ckpt['optimizer'])
         scheduler.load_state_dict(ckpt['scheduler'])

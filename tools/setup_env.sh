@@ -18,7 +18,8 @@ VENV="${MMSEG_DIDB_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 STAMP="$VENV/.mmseg_didb_setup"
 REQS=(requirements/constraints.txt requirements/runtime.txt
-      requirements/tests.txt setup.py)
+      requirements/tests.txt requirements/build.txt setup.py
+      mmseg_didb/deploy/csrc/bitpack.cpp)
 
 cd "$ROOT"
 WANT="$(cat "${REQS[@]}" | sha256sum | cut -d' ' -f1)"
@@ -62,11 +63,18 @@ fi
 echo "setup_env: installing the tested stack into $VENV (pinned by requirements/constraints.txt)"
 "$VENV/bin/python" -m pip install --disable-pip-version-check \
     -c requirements/constraints.txt \
-    -r requirements/runtime.txt -r requirements/tests.txt
+    -r requirements/runtime.txt -r requirements/tests.txt \
+    -r requirements/build.txt
 # The package itself, editable: no dependencies (all pinned above) and no
-# build isolation (setuptools is already in the environment; nothing to fetch).
+# build isolation (setuptools and torch are already in the environment). This
+# also compiles the C++ kernels (mmseg_didb/deploy/_C*.so, about 1-2 minutes)
+# against the installed torch.
+echo "setup_env: building the package and its C++ kernels"
 "$VENV/bin/python" -m pip install --disable-pip-version-check \
     --no-deps --no-build-isolation -e "$ROOT"
+"$VENV/bin/python" -c "from mmseg_didb.deploy import kernels_available, \
+kernel_variant; assert kernels_available(), 'the C++ kernels did not build'; \
+print('setup_env: C++ kernels ready (' + kernel_variant() + ')')"
 
 echo "$WANT" > "$STAMP"
 echo "setup_env: environment ready in $(( $(date +%s) - start )) s ($VENV)"

@@ -4,7 +4,11 @@
 #
 #   python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR]
 #       [--show] [--show-dir DIR] [--wait-time S] [--cfg-options k=v ...]
-#       [--launcher {none,pytorch,slurm,mpi}] [--tta]
+#       [--launcher {none,pytorch,slurm,mpi}] [--tta] [--packed]
+#
+# --packed (plugin option) evaluates the bit-packed inference model
+# (mmseg_didb.deploy.convert_to_packed, through PackedInferenceHook) instead
+# of the trained fake-quantized one.
 import argparse
 import os
 import os.path as osp
@@ -57,6 +61,11 @@ def parse_args():
         help='job launcher')
     parser.add_argument(
         '--tta', action='store_true', help='Test time augmentation')
+    parser.add_argument(
+        '--packed',
+        action='store_true',
+        help='evaluate the bit-packed inference model (XNOR-popcount '
+        'kernels) built from the checkpoint')
     # torch.distributed launchers pass --local-rank (torch >= 2.0) or
     # --local_rank (older).
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -118,6 +127,11 @@ def main():
     if args.out is not None:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
+
+    if args.packed:
+        cfg.custom_hooks = list(cfg.get('custom_hooks', None) or []) + [
+            dict(type='PackedInferenceHook')
+        ]
 
     # build the runner from config
     runner = Runner.from_cfg(cfg)

@@ -102,10 +102,126 @@ class BenchmarkResult:
     params: int
     train: PhaseResult
     infer: PhaseResult
+    breakdown: Optional[List[dict]] = None
 
     def to_dict(self) -> dict:
-        return dict(name=self.name, params=self.params,
-                    train=self.train.to_dict(), infer=self.infer.to_dict())
+        out = dict(name=self.name, params=self.params,
+                   train=self.train.to_dict(), infer=self.infer.to_dict())
+        if self.breakdown is not None:
+            out['breakdown'] = self.breakdown
+        return out
+
+
+class StageTimer:
+    """Wall time of a segmentor's stages in one forward, split into binary
+    kernels and FP glue.
+
+    Stages: the backbone's stem (``patch_embed``), each entry of its
+    ``layers`` (Swin stages / ViT blocks), its other parts, the neck, the
+    decode head. Inside each stage, the time spent in the packed layers and
+    the packed attention matmuls (binarize-and-pack plus XNOR / AND-popcount
+    kernels) is the "binary kernels" column; the rest (norms, softmax,
+    shortcuts, RPReLU, resizes, FP convs) is "FP glue". Use as a context
+    manager around one inference.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.stages: List[Tuple[str, nn.Module]] = []
+        backbone = getattr(model, 'backbone', None)
+        if backbone is not None:
+            if getattr(backbone, 'patch_embed', None) is not None:
+                self.stages.append(('backbone.patch_embed',
+                                    backbone.patch_embed))
+            for i, m in enumerate(getattr(backbone, 'layers', [])):
+                self.stages.append((f'backbone.layers.{i}', m))
+        for name in ('neck', 'decode_head'):
+            if getattr(model, name, None) is not None:
+                self.stages.append((name, getattr(model, name)))
+        self.total: Dict[str, float] = {}
+        self.kernel: Dict[str, float] = {}
+        self._patched: list = []
+        self._stack: List[str] = []
+
+    def _timer(self, fn, stage: Optional[str]):
+        """Wrap a bound method: stage time (``stage`` given) or kernel time
+        (attributed to the stage that is running)."""
+
+        def timed(*args, **kwargs):
+            if stage is not None:
+                self._stack.append(stage)
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                dt = time.perf_counter() - t
+                if stage is not None:
+                    self._stack.pop()
+                    self.total[stage] = self.total.get(stage, 0.0) + dt
+                else:
+                    key = self._stack[-1] if self._stack else 'other'
+                    self.kernel[key] = self.kernel.get(key, 0.0) + dt
+
+        return timed
+
+    def _patch(self, module: nn.Module, method: str,
+               stage: Optional[str]) -> None:
+        # an instance attribute shadows the class method, so direct calls of
+        # ``module.forward`` (mmseg's heads call ``self.forward``) are timed
+        setattr(module, method, self._timer(getattr(module, method), stage))
+        self._patched.append((module, method))
+
+    def __enter__(self) -> 'StageTimer':
+        from ..deploy import (PackedAttentionMatmuls, PackedBinaryConv2d,
+                              PackedBinaryLinear)
+        for name, m in self.stages:
+            self._patch(m, 'forward', name)
+        for m in self.model.modules():
+            if isinstance(m, (PackedBinaryLinear, PackedBinaryConv2d)):
+                self._patch(m, 'forward', None)
+            elif isinstance(m, PackedAttentionMatmuls):
+                self._patch(m, 'similarity', None)
+                self._patch(m, 'aggregate', None)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.elapsed = time.perf_counter() - self._start
+        for m, meth in reversed(self._patched):
+            if meth in m.__dict__:
+                del m.__dict__[meth]  # back to the class method
+        self._patched.clear()
+
+    def report(self) -> List[dict]:
+        """Rows ``dict(stage, total_s, kernels_s, glue_s)``; the last row
+        is everything outside the stages (pre/post-processing)."""
+        rows = []
+        for name, _ in self.stages:
+            t = self.total.get(name, 0.0)
+            k = self.kernel.get(name, 0.0)
+            rows.append(dict(stage=name, total_s=t, kernels_s=k,
+                             glue_s=t - k))
+        rest = self.elapsed - sum(r['total_s'] for r in rows)
+        rows.append(dict(stage='rest (output norms, resize, argmax)',
+                         total_s=rest, kernels_s=0.0, glue_s=rest))
+        return rows
+
+
+def format_breakdown(result: 'BenchmarkResult') -> str:
+    """Table of a result's per-stage breakdown."""
+    rows = result.breakdown or []
+    total = sum(r['total_s'] for r in rows)
+    kern = sum(r['kernels_s'] for r in rows)
+    lines = [f'per-stage breakdown of {result.name} (one inference, '
+             f'{total * 1e3:.0f} ms; binary kernels {kern * 1e3:.0f} ms = '
+             f'{100 * kern / max(total, 1e-9):.0f}%, FP glue '
+             f'{(total - kern) * 1e3:.0f} ms)',
+             f"{'stage':28s} {'total ms':>9s} {'kernels ms':>11s} "
+             f"{'glue ms':>9s}"]
+    for r in rows:
+        lines.append(f"{r['stage']:28s} {r['total_s'] * 1e3:9.1f} "
+                     f"{r['kernels_s'] * 1e3:11.1f} {r['glue_s'] * 1e3:9.1f}")
+    return '\n'.join(lines)
 
 
 def make_batch(batch_size: int, shape: Tuple[int, int], num_classes: int,
@@ -155,8 +271,8 @@ def benchmark_model(build: Callable[[], nn.Module], name: str,
                     shape: Tuple[int, int] = (512, 512), batch_size: int = 2,
                     warmup: int = 1, repeats: int = 3,
                     device: Optional[str] = None, lr: float = 1e-4,
-                    phases: Tuple[str, ...] = ('train', 'infer')
-                    ) -> BenchmarkResult:
+                    phases: Tuple[str, ...] = ('train', 'infer'),
+                    packed: bool = False) -> BenchmarkResult:
     """Time training steps and inference of the model returned by ``build``.
 
     Args:
@@ -170,6 +286,10 @@ def benchmark_model(build: Callable[[], nn.Module], name: str,
         device: 'cpu', 'cuda' or None (CUDA when available).
         lr: AdamW learning rate of the training step.
         phases: subset of ('train', 'infer').
+        packed: time inference of the bit-packed model
+            (:func:`mmseg_didb.deploy.convert_to_packed`; a model without
+            binary layers converts to itself), and record a per-stage
+            breakdown (:class:`StageTimer`) of one more inference.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError('repeats must be >= 1 and warmup >= 0')
@@ -204,8 +324,14 @@ def benchmark_model(build: Callable[[], nn.Module], name: str,
         model.zero_grad(set_to_none=True)
         gc.collect()
 
+    breakdown = None
     if 'infer' in phases:
         model.eval()
+        if packed:
+            from ..deploy import convert_to_packed
+            with torch.no_grad():  # data-dependent binarizer scales
+                model._forward(inputs[:1])
+            model = convert_to_packed(model, inplace=True)
 
         def infer_step() -> None:
             with torch.no_grad():
@@ -213,11 +339,16 @@ def benchmark_model(build: Callable[[], nn.Module], name: str,
 
         results['infer'] = _run_phase(infer_step, warmup, repeats, dev, meter,
                                       baseline)
+        if packed:
+            with StageTimer(model) as timer:
+                infer_step()
+            breakdown = timer.report()
     del model
     gc.collect()
     return BenchmarkResult(name=name, params=params,
                            train=results.get('train', PhaseResult()),
-                           infer=results.get('infer', PhaseResult()))
+                           infer=results.get('infer', PhaseResult()),
+                           breakdown=breakdown)
 
 
 def _isolated_child(cfg_dict: dict, name: str, kwargs: dict, queue) -> None:
@@ -275,11 +406,14 @@ def benchmark_isolated(config, name: str, threads: Optional[int] = None,
                                f'child process:\n{res}')
         out.params = res.params
         setattr(out, phase, getattr(res, phase))
+        if res.breakdown is not None:
+            out.breakdown = res.breakdown
     return out
 
 
 def format_results(results: List[BenchmarkResult], device: str,
-                   shape: Tuple[int, int], batch_size: int) -> str:
+                   shape: Tuple[int, int], batch_size: int,
+                   threads: Optional[int] = None) -> str:
     """Table of medians and peaks, plus ratios of each model to the last."""
 
     def ms(x: float) -> str:
@@ -304,8 +438,9 @@ def format_results(results: List[BenchmarkResult], device: str,
                      ratio(a.infer.peak_bytes, b.infer.peak_bytes)))
     widths = [max(len(str(r[i])) for r in [head] + rows)
               for i in range(len(head))]
+    threads = threads or torch.get_num_threads()
     lines = [f'device: {device}, input {batch_size}x3x{shape[0]}x{shape[1]}, '
-             f'torch threads: {torch.get_num_threads()}']
+             f'torch threads: {threads}']
     for r in [head] + rows:
         lines.append('  '.join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
                                for i, (v, w) in enumerate(zip(r, widths))))

@@ -14,7 +14,8 @@ import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
 #: Keys that only matter for training with a teacher; dropped for analysis.
-_DISTILL_KEYS = ('teacher_config', 'teacher_checkpoint', 'distill')
+_DISTILL_KEYS = ('teacher_config', 'teacher_checkpoint', 'distill',
+                 'allow_random_teacher', 'teacher_allow_unsafe_load')
 
 
 def load_config(config: Union[str, Config, dict],

@@ -1,6 +1,6 @@
 """Parameter, BOP, FLOP, OP and 1-bit model-size accounting.
 
-Conventions (DESIGN section 7; Bi-Real Net / ReActNet for OPs):
+Conventions (docs/efficiency.md; Bi-Real Net / ReActNet for OPs):
 
 * **FLOPs** are multiply-accumulates counted exactly as mmengine's
   :class:`~mmengine.analysis.FlopAnalyzer` (fvcore) counts them: one fused
@@ -150,12 +150,11 @@ def _didb_attention_counter(module: nn.Module,
     binary when every q/k binarizer (``q*_quant``, ``k*_quant``) is enabled,
     ``Ab V`` when ``attn_quant`` and ``v_quant`` are.
     """
-    branches = getattr(module, 'branches', ('', ))
-    qk_binary = all(
-        _enabled(getattr(module, f'{p}{br}_quant', None), 'activation')
-        for br in branches for p in ('q', 'k'))
-    av_binary = (_enabled(module.attn_quant, 'attention')
-                 and _enabled(getattr(module, 'v_quant', None), 'activation'))
+    qs, ks, v_quant, attn_quant = module.matmul_binarizers()
+    branches = len(qs)
+    qk_binary = all(_enabled(q, 'activation') for q in qs + ks)
+    av_binary = (_enabled(attn_quant, 'attention')
+                 and _enabled(v_quant, 'activation'))
     if not (qk_binary or av_binary):
         return []
     d_qk = module.qk_dims // module.num_heads
@@ -165,12 +164,12 @@ def _didb_attention_counter(module: nn.Module,
         n = _numel(args[0].shape)
         macs = 0
         if qk_binary:
-            macs += n * d_qk * len(branches)
+            macs += n * d_qk * branches
         if av_binary:
             macs += n * d_v
         record(macs)
 
-    return [module.attn_quant.register_forward_pre_hook(hook)]
+    return [attn_quant.register_forward_pre_hook(hook)]
 
 
 # --------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from .presets import PRESET_CHOICES, PRESETS, BinaryPreset, resolve_preset
 from .quantizers import (ACT_QUANTIZERS, ATTN_QUANTIZERS, SAB,
                          WEIGHT_QUANTIZERS, ActivationQuantizer, ApproxSign,
                          ASMSign, AttentionQuantizer, BinaryQuantizer,
-                         BWNWeight, ElasticSign, ElasticUnsigned, PWSWeight,
-                         ReActWeight, RSign, SignSTE, SignWeight,
+                         BWNWeight, ElasticSign, ElasticUnsigned,
+                         PositiveAlpha, PWSWeight, ReActWeight, RSign,
+                         RunningMagnitude, SignSTE, SignWeight,
                          WeightQuantizer, build_act_quantizer,
                          build_attn_quantizer, build_weight_quantizer, sign)
 from .regularizers import GRSSchedule, binary_weight_layers, grs_loss
@@ -24,7 +25,7 @@ __all__ = [
     'haar2d', 'ihaar2d', 'haar_split', 'BinaryLinear', 'BinaryConv2d',
     'ChannelShortcut', 'TokenNorm', 'BinaryLinearUnit', 'ConvBypass',
     'BinaryConvUnit', 'BinaryPreset', 'PRESETS', 'PRESET_CHOICES',
-    'resolve_preset', 'BinaryQuantizer', 'ActivationQuantizer',
+    'resolve_preset', 'PositiveAlpha', 'RunningMagnitude', 'BinaryQuantizer', 'ActivationQuantizer',
     'WeightQuantizer', 'AttentionQuantizer', 'sign', 'SignSTE', 'ApproxSign',
     'RSign', 'ElasticSign', 'ASMSign', 'SignWeight', 'ReActWeight',
     'BWNWeight', 'PWSWeight', 'ElasticUnsigned', 'SAB', 'WEIGHT_QUANTIZERS',

@@ -57,23 +57,30 @@ def ihaar2d(ll: Tensor, lh: Tensor, hl: Tensor, hh: Tensor) -> Tensor:
     return (ll + lh + hl + hh) * 0.5
 
 
-def haar_split(x: Tensor, low: str = 'll') -> Tuple[Tensor, Tensor]:
-    """Low/high split of a (B, C, H, W) map for HFSC.
+def haar_split(x: Tensor, low: str = 'mean') -> Tuple[Tensor, Tensor]:
+    """Low/high band split of a (B, C, H, W) map for HFSC (DIDB-ViT).
+
+    ``X_L`` is the Haar low band at the scale of ``X``, i.e. the local 2x2
+    mean ``LL / 2``, and ``X_H = X - X_L = (LH + HL + HH) / 2`` is the
+    locally zero-mean detail (docs/method.md, "HFSC").
 
     Args:
         x: input map (B, C, H, W).
-        low: ``'ll'`` (default, DESIGN reconstruction: X_L = LL, which is twice
-            the 2x2 local mean under the orthonormal scale) or ``'mean'``
-            (X_L = LL / 2, the 2x2 local mean).
+        low: ``'mean'`` (default: ``X_L = LL / 2``, the local 2x2 mean) or
+            ``'ll'`` (``X_L = LL``, the orthonormal coefficient, twice the
+            local mean; an earlier reconstruction kept for comparison: on
+            smooth maps its ``X - LL`` is close to ``-X_L``, so the two bands
+            carry nearly the same signal).
 
     Returns:
         ``(x_low, x_high)`` with ``x_high = x - x_low``, so they sum to ``x``.
 
     Reconstruction: DIDB-ViT takes the low band of a Haar transform as X_L and
-    the residual as X_H; which normalisation it uses is not stated.
+    the residual as X_H; the normalisation is not stated in the text we could
+    read, and the local mean is the one for which ``X_H`` is a high-pass band.
     """
-    if low not in ('ll', 'mean'):
-        raise ValueError(f"haar_split low must be 'll' or 'mean', got {low!r}")
+    if low not in ('mean', 'll'):
+        raise ValueError(f"haar_split low must be 'mean' or 'll', got {low!r}")
     ll = haar2d(x)[0]
     x_low = ll if low == 'll' else ll * 0.5
     return x_low, x - x_low

@@ -339,8 +339,11 @@ class BinaryConvUnit(nn.Module):
     """Binary conv unit ``y = act(norm(BinaryConv2d(q(x))) + bypass(x))``.
 
     BiDense's CFB (arXiv 2411.10346) with the preset's binarizers: the
-    activation shift is in the input quantizer of ``conv``; ``bypass`` is FP
-    (average-pool when strided, channel repeat / group average between widths).
+    activation shift is in the input quantizer of ``conv``, which first
+    divides its input by a running per-channel magnitude
+    (:class:`~mmseg_didb.binary.quantizers.RunningMagnitude`) so that the
+    sign's gradient window covers it; ``bypass`` is FP (average-pool when
+    strided, channel repeat / group average between widths).
     When ``preset.unit`` is False (the 'fp' preset) there is no bypass and the
     default activation is ReLU, i.e. mmcv ``ConvModule``'s conv-norm-act.
 
@@ -375,12 +378,14 @@ class BinaryConvUnit(nn.Module):
         if not isinstance(stride, int):
             raise TypeError(f'BinaryConvUnit stride must be an int, got '
                             f'{stride!r}')
+        # conv inputs are not normalised (raw backbone features, sums of FP
+        # bypasses): the binarizer divides them by a running magnitude
         self.conv = BinaryConv2d(in_channels, out_channels, kernel_size,
                                  stride=stride, padding=padding,
                                  dilation=dilation, groups=groups, bias=bias,
                                  weight_quantizer=p.weight_quantizer(),
                                  input_quantizer=p.act_quantizer(
-                                     in_channels, 1))
+                                     in_channels, 1, input_scale=True))
         self.norm = norm if norm is not None else nn.BatchNorm2d(out_channels)
         if act is None:
             act = (p.unit_activation(out_channels, channel_dim=1)

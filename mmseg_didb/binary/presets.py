@@ -15,7 +15,9 @@ binaryvit react  asm     elastic yes  rprelu ln   off  no   off    yes
 didb      react  rsign   elastic yes  rprelu ln   full yes  static no
 ========= ====== ======= ======= ==== ====== ==== ==== ==== ====== ===
 
-(diba: both ``diba_shortcut`` and ``diba_local``.)
+(diba: both ``diba_shortcut`` and ``diba_local``; ``hfsc_low`` is 'mean' in
+every row; ``grs`` adds the GRS-like loss in
+:class:`~mmseg_didb.models.BinaryEncoderDecoder`.)
 
 Sources: BNN (Hubara et al. 2016), ReActNet (Liu et al. ECCV 2020) with the
 BinaryViT-Le (CVPRW 2023) block, BiT (Liu et al. NeurIPS 2022), BinaryViT-Xiao
@@ -43,6 +45,7 @@ PRESET_CHOICES: Dict[str, tuple] = {
     'activation': ('prelu', 'rprelu'),
     'norm': ('ln', 'bn'),
     'hfsc': ('off', 'full', 'split'),
+    'hfsc_low': ('mean', 'll'),
     'token_rprelu': ('off', 'static', 'dynamic'),
 }
 _BOOL_FIELDS = ('unit', 'diba_shortcut', 'diba_local', 'grs')
@@ -72,10 +75,15 @@ class BinaryPreset:
         norm: norm inside units: 'ln' (LayerNorm) | 'bn' (BatchNorm over
             tokens).
         hfsc: high-fidelity similarity: 'off' | 'full' | 'split' (DIDB-ViT).
+        hfsc_low: HFSC low band: 'mean' (the local 2x2 mean, so the high
+            band ``X - X_L`` is a zero-mean detail) or 'll' (the orthonormal
+            Haar LL, twice the local mean: the earlier reconstruction, kept
+            for comparison); see :func:`mmseg_didb.binary.haar_split`.
         diba_shortcut: DIBA ``(l_s - k_i) v_i`` term (DIDB-ViT).
         diba_local: DIBA ``l_l * sum_{N8}(v_j - v_i)`` term (DIDB-ViT).
         token_rprelu: per-token RPReLU terms: 'off' | 'static' | 'dynamic'.
-        grs: add the GRS-like weight regulariser to the loss.
+        grs: add the GRS-like weight regulariser to the loss (read by
+            :class:`~mmseg_didb.models.BinaryEncoderDecoder`).
     """
     name: str
     weight: str
@@ -85,6 +93,7 @@ class BinaryPreset:
     activation: str
     norm: str
     hfsc: str
+    hfsc_low: str
     diba_shortcut: bool
     diba_local: bool
     token_rprelu: str
@@ -115,10 +124,16 @@ class BinaryPreset:
         """
         return build_weight_quantizer(self.weight, out_channels)
 
-    def act_quantizer(self, num_channels: int,
-                      channel_dim: int = -1) -> Optional[nn.Module]:
-        """A new activation quantizer for ``num_channels`` (None for 'fp')."""
-        return build_act_quantizer(self.act, num_channels, channel_dim)
+    def act_quantizer(self, num_channels: int, channel_dim: int = -1,
+                      input_scale: bool = False) -> Optional[nn.Module]:
+        """A new activation quantizer for ``num_channels`` (None for 'fp').
+
+        ``input_scale``: divide the input by a running magnitude first
+        (:class:`~mmseg_didb.binary.quantizers.RunningMagnitude`), for
+        inputs that are not normalised.
+        """
+        return build_act_quantizer(self.act, num_channels, channel_dim,
+                                   input_scale)
 
     def attn_quantizer(self) -> Optional[nn.Module]:
         """A new attention-probability quantizer (None for 'fp')."""
@@ -160,7 +175,7 @@ class BinaryPreset:
 def _row(name, weight, act, attn, unit, activation, norm, hfsc, diba_s, diba_l,
          token, grs) -> BinaryPreset:
     return BinaryPreset(name, weight, act, attn, unit, activation, norm, hfsc,
-                        diba_s, diba_l, token, grs)
+                        'mean', diba_s, diba_l, token, grs)
 
 
 #: THE preset table (see the module docstring for what each row means).

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = [
-    'BinaryQuantizer', 'ActivationQuantizer', 'WeightQuantizer',
+    'PositiveAlpha', 'RunningMagnitude', 'BinaryQuantizer', 'ActivationQuantizer', 'WeightQuantizer',
     'AttentionQuantizer', 'sign', 'SignSTE', 'ApproxSign', 'RSign',
     'ElasticSign', 'ASMSign', 'SignWeight', 'ReActWeight', 'BWNWeight',
     'PWSWeight', 'ElasticUnsigned', 'SAB', 'WEIGHT_QUANTIZERS',
@@ -44,12 +44,18 @@ __all__ = [
     'build_act_quantizer', 'build_attn_quantizer'
 ]
 
-_EPS = 1e-5  # lower bound of learnable scales (BiT clamps alpha the same way)
+_EPS = 1e-5  # smallest initial value of a learnable scale
 
 
 def sign(x: Tensor) -> Tensor:
-    """Sign with ``sign(0) = +1``: values {-1, +1} in the dtype of ``x``."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    """Sign with ``sign(0) = +1``: values {-1, +1} in the dtype of ``x``.
+
+    Computed as ``copysign(1, x + 0)``: adding +0 turns -0 into +0, so every
+    ``x >= 0`` gives +1 exactly as ``where(x >= 0, 1, -1)`` would, without
+    the boolean intermediate (several times faster on CPU).
+    """
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return torch.copysign(one, x + 0)
 
 
 # --------------------------------------------------------------------------
@@ -96,9 +102,8 @@ class _ElasticSignFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor) -> Tensor:
-        alpha_c = alpha.clamp_min(_EPS)
-        ctx.save_for_backward(x, alpha_c)
-        return sign(x) * alpha_c.to(x.dtype)
+        ctx.save_for_backward(x, alpha)
+        return sign(x) * alpha.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tuple[Tensor, Tensor]:
@@ -120,10 +125,9 @@ class _ElasticUnsignedFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: Tensor, alpha: Tensor) -> Tensor:
-        alpha_c = alpha.clamp_min(_EPS)
-        ctx.save_for_backward(a, alpha_c)
-        q = a.float() / alpha_c
-        return (q.round().clamp(0, 1) * alpha_c).to(a.dtype)
+        ctx.save_for_backward(a, alpha)
+        q = a.float() / alpha
+        return (q.round().clamp(0, 1) * alpha).to(a.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tuple[Tensor, Tensor]:
@@ -179,6 +183,117 @@ class _StraightThrough(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------
+# positive learnable scale, running input magnitude
+# --------------------------------------------------------------------------
+class PositiveAlpha:
+    """Mixin: a learnable scalar ``alpha > 0`` stored as ``log_alpha``.
+
+    BiT's scales (``{-a, a}``, ``{0, a}``) must stay positive: a scale at or
+    below 0 would flip or erase the binary values. Parametrising by the log
+    keeps ``alpha = exp(log_alpha)`` positive under any gradient step; the
+    gradient that reaches ``log_alpha`` is ``alpha * grad_alpha`` (BiT's LSQ
+    gradient, Eq. 8, times alpha), so optimizer steps are relative changes of
+    alpha. Checkpoints that hold ``alpha`` (the earlier parametrisation) load
+    into ``log_alpha``. See docs/method.md, "Binarizers".
+    """
+    log_alpha: nn.Parameter
+
+    def _init_alpha(self, init: float) -> None:
+        if not init > 0:
+            raise ValueError(f'{type(self).__name__}: alpha must be > 0, got '
+                             f'{init}')
+        self.log_alpha = nn.Parameter(torch.full((1, ), math.log(init)))
+
+    @property
+    def alpha(self) -> Tensor:
+        """The positive scale ``exp(log_alpha)``, shape (1,)."""
+        return self.log_alpha.exp()
+
+    @torch.no_grad()
+    def set_alpha(self, value: float) -> None:
+        """Set alpha (> 0) in place."""
+        if not value > 0:
+            raise ValueError(f'alpha must be > 0, got {value}')
+        self.log_alpha.fill_(math.log(value))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        old = state_dict.pop(prefix + 'alpha', None)
+        if old is not None and prefix + 'log_alpha' not in state_dict:
+            state_dict[prefix + 'log_alpha'] = old.float().clamp_min(
+                _EPS).log().reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class RunningMagnitude(nn.Module):
+    """Divide an input by a running per-channel magnitude (detached).
+
+    A sign's surrogate gradient is zero for ``|x| > 1``, so an input whose
+    typical magnitude is far above 1 (the raw ViT residual stream, sums of
+    FP bypasses in the decode head) passes no gradient. Dividing by
+    ``m_c``, an exponential moving average of ``mean |x_c|`` over every axis
+    but the channel one, puts the input at unit scale. ``m`` is a buffer,
+    not a parameter, and it is used in training and inference alike, so the
+    binarizer's forward is ``sign(x / m_c + b_c)`` with the same ``m`` in
+    both modes (at deployment a constant per-channel threshold). It is
+    initialised from the first batch; in training every step updates it,
+    averaged over processes under torch.distributed so replicas agree.
+    See docs/method.md, "Binary units".
+
+    Args:
+        num_channels: channels C.
+        channel_dim: channel axis (-1 tokens, 1 maps).
+        momentum: EMA weight of the current batch.
+    """
+
+    def __init__(self, num_channels: int, channel_dim: int = 1,
+                 momentum: float = 0.1) -> None:
+        super().__init__()
+        if not 0 < momentum <= 1:
+            raise ValueError(f'momentum must be in (0, 1], got {momentum}')
+        self.num_channels = num_channels
+        self.channel_dim = channel_dim
+        self.momentum = momentum
+        self.register_buffer('magnitude', torch.ones(num_channels))
+        self.register_buffer('initialized', torch.zeros((), dtype=torch.uint8))
+
+    @torch.no_grad()
+    def _update(self, x: Tensor) -> None:
+        dim = self.channel_dim % x.dim()
+        red = [d for d in range(x.dim()) if d != dim]
+        cur = x.detach().float().abs().mean(dim=red)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(cur)
+            cur /= dist.get_world_size()
+        cur = cur.clamp_min(_EPS)
+        if not bool(self.initialized):
+            self.magnitude.copy_(cur)
+            self.initialized.fill_(1)
+        else:
+            self.magnitude.lerp_(cur, self.momentum)
+
+    def divisor(self, x: Tensor) -> Tensor:
+        """``m`` shaped to broadcast against ``x`` (in ``x``'s dtype)."""
+        dim = self.channel_dim % x.dim()
+        if x.shape[dim] != self.num_channels:
+            raise ValueError(
+                f'RunningMagnitude: input has {x.shape[dim]} channels on dim '
+                f'{self.channel_dim} (shape {tuple(x.shape)}), built for '
+                f'{self.num_channels}')
+        shape = [1] * x.dim()
+        shape[dim] = self.num_channels
+        return self.magnitude.to(x.dtype).reshape(shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training or not bool(self.initialized):
+            self._update(x)
+        return x / self.divisor(x)
+
+    def extra_repr(self) -> str:
+        return (f'{self.num_channels}, channel_dim={self.channel_dim}, '
+                f'momentum={self.momentum}')
+
+
+# --------------------------------------------------------------------------
 # base classes
 # --------------------------------------------------------------------------
 class BinaryQuantizer(nn.Module):
@@ -212,21 +327,33 @@ class ActivationQuantizer(BinaryQuantizer):
 
     Args:
         num_channels: channel count (required by subclasses with per-channel
-            parameters).
+            parameters and by ``input_scale``).
         channel_dim: axis of the channels: -1 for tokens (B, N, C), 1 for
             feature maps (B, C, H, W).
+        input_scale: divide the input by a :class:`RunningMagnitude` before
+            the shift and the sign (for inputs that are not normalised).
     """
     kind: ClassVar[str] = 'activation'
     needs_channels: ClassVar[bool] = False
 
     def __init__(self, num_channels: Optional[int] = None,
-                 channel_dim: int = -1) -> None:
+                 channel_dim: int = -1, input_scale: bool = False) -> None:
         super().__init__()
-        if self.needs_channels and (num_channels is None or num_channels < 1):
+        needs = self.needs_channels or input_scale
+        if needs and (num_channels is None or num_channels < 1):
             raise ValueError(f'{type(self).__name__} needs num_channels (a '
                              f'positive int), got {num_channels!r}')
         self.num_channels = num_channels
         self.channel_dim = channel_dim
+        self.input_scale = (RunningMagnitude(num_channels, channel_dim)
+                            if input_scale else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return x
+        if self.input_scale is not None:
+            x = self.input_scale(x)
+        return self.quantize(x)
 
     def _per_channel(self, p: Tensor, x: Tensor) -> Tensor:
         """Reshape a (C,) parameter to broadcast against ``x``."""
@@ -306,18 +433,20 @@ class RSign(ActivationQuantizer):
     Args:
         num_channels: number of channels C.
         channel_dim: channel axis (-1 tokens, 1 maps).
+        input_scale: see :class:`ActivationQuantizer`.
     """
     needs_channels = True
 
-    def __init__(self, num_channels: int, channel_dim: int = -1) -> None:
-        super().__init__(num_channels, channel_dim)
+    def __init__(self, num_channels: int, channel_dim: int = -1,
+                 input_scale: bool = False) -> None:
+        super().__init__(num_channels, channel_dim, input_scale)
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def quantize(self, x: Tensor) -> Tensor:
         return _SignApprox.apply(x + self._per_channel(self.bias, x))
 
 
-class ElasticSign(ActivationQuantizer):
+class ElasticSign(PositiveAlpha, ActivationQuantizer):
     """BiT elastic signed binarizer: ``alpha * sign(x + b_c)``.
 
     BiT (Liu et al. NeurIPS 2022), Eq. 6-8: ``alpha`` is one learnable scalar
@@ -326,14 +455,15 @@ class ElasticSign(ActivationQuantizer):
     per-channel shift (init 0). With x' = x + b the gradients are
     ``grad_x = grad * 1[|x'/alpha| <= 1]`` and the LSQ gradient
     ``grad_alpha = sum(sign(x') * grad) / sqrt(N)``. Output values are
-    {-alpha, +alpha}.
+    {-alpha, +alpha}; alpha is kept positive (:class:`PositiveAlpha`).
     """
     needs_channels = True
 
-    def __init__(self, num_channels: int, channel_dim: int = -1) -> None:
-        super().__init__(num_channels, channel_dim)
+    def __init__(self, num_channels: int, channel_dim: int = -1,
+                 input_scale: bool = False) -> None:
+        super().__init__(num_channels, channel_dim, input_scale)
         self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.alpha = nn.Parameter(torch.ones(1))
+        self._init_alpha(1.0)
         # a buffer (not a Python flag) so a loaded checkpoint is not re-inited
         self.register_buffer('initialized', torch.zeros((), dtype=torch.uint8))
 
@@ -344,7 +474,7 @@ class ElasticSign(ActivationQuantizer):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(init)
             init /= dist.get_world_size()
-        self.alpha.fill_(max(init.item(), _EPS))
+        self.set_alpha(max(init.item(), _EPS))
         self.initialized.fill_(1)
 
     def quantize(self, x: Tensor) -> Tensor:
@@ -370,8 +500,8 @@ class ASMSign(ActivationQuantizer):
     needs_channels = True
 
     def __init__(self, num_channels: int, channel_dim: int = -1,
-                 detach_stats: bool = True) -> None:
-        super().__init__(num_channels, channel_dim)
+                 input_scale: bool = False, detach_stats: bool = True) -> None:
+        super().__init__(num_channels, channel_dim, input_scale)
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.k = nn.Parameter(torch.zeros(num_channels))
         self.detach_stats = detach_stats
@@ -517,13 +647,13 @@ class PWSWeight(WeightQuantizer):
 # --------------------------------------------------------------------------
 # attention-probability binarizers
 # --------------------------------------------------------------------------
-class ElasticUnsigned(AttentionQuantizer):
+class ElasticUnsigned(PositiveAlpha, AttentionQuantizer):
     """BiT unsigned elastic binarizer ``alpha*clamp(round(A/alpha), 0, 1)``.
 
     BiT (Liu et al. NeurIPS 2022, Eq. 6-8, Q_n = 0, Q_p = 1) for attention
     probabilities, values {0, alpha}; ``alpha`` is a learnable scalar per layer
-    (init 0.005 as in BinaryViT-Le). Gradients, q = A / alpha:
-    ``grad_A = grad * 1[0 <= q <= 1]``,
+    (init 0.005 as in BinaryViT-Le), kept positive (:class:`PositiveAlpha`).
+    Gradients, q = A / alpha: ``grad_A = grad * 1[0 <= q <= 1]``,
     ``grad_alpha = sum(((round(q) - q) 1[0<=q<=1] + 1[q>1]) grad) / sqrt(N)``.
 
     Args:
@@ -532,9 +662,7 @@ class ElasticUnsigned(AttentionQuantizer):
 
     def __init__(self, init: float = 0.005) -> None:
         super().__init__()
-        if init <= 0:
-            raise ValueError(f'ElasticUnsigned init must be > 0, got {init}')
-        self.alpha = nn.Parameter(torch.full((1, ), float(init)))
+        self._init_alpha(float(init))
 
     def quantize(self, a: Tensor) -> Tensor:
         return _ElasticUnsignedFn.apply(a, self.alpha)
@@ -608,12 +736,17 @@ def build_weight_quantizer(name: str,
 def build_act_quantizer(
         name: str,
         num_channels: Optional[int] = None,
-        channel_dim: int = -1) -> Optional[ActivationQuantizer]:
-    """Activation quantizer by name (``'fp'`` gives None)."""
+        channel_dim: int = -1,
+        input_scale: bool = False) -> Optional[ActivationQuantizer]:
+    """Activation quantizer by name (``'fp'`` gives None).
+
+    ``input_scale`` divides the input by a :class:`RunningMagnitude` first.
+    """
     _check_name(name, ACT_QUANTIZERS, 'activation')
     if name == 'fp':
         return None
-    return ACT_QUANTIZERS[name](num_channels, channel_dim)
+    return ACT_QUANTIZERS[name](num_channels, channel_dim,
+                                input_scale=input_scale)
 
 
 def build_attn_quantizer(name: str) -> Optional[AttentionQuantizer]:

@@ -13,7 +13,7 @@ scale (:meth:`~mmseg_didb.binary.quantizers.WeightQuantizer.scale`), used as a
 detached target. The loss weight lambda(t) ramps linearly from 0
 (:class:`GRSSchedule`).
 """
-from typing import Iterator, Tuple
+from typing import Iterator, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -39,21 +39,25 @@ def binary_weight_layers(module: nn.Module,
             yield name, m
 
 
-def grs_loss(module: nn.Module) -> Tensor:
-    """GRS-like regulariser of ``module``'s binary weights (reconstruction).
+def grs_loss(modules: Union[nn.Module, Sequence[nn.Module]]) -> Tensor:
+    """GRS-like regulariser of binary weights (reconstruction).
 
     ``R = mean_l mean((|W_l'| - a_r)^2)`` over the enabled binary weight layers
-    (see the module docstring). Returns a float32 scalar on the weights'
-    device; 0 (no gradient) when there are no enabled binary weights.
+    of ``modules`` (one module or several; see the module docstring). Returns
+    a float32 scalar on the weights' device; 0 (no gradient) when there are no
+    enabled binary weights.
     """
+    if isinstance(modules, nn.Module):
+        modules = [modules]
     terms = []
-    for _, m in binary_weight_layers(module):
-        q, w = m.weight_quantizer, m.weight
-        latent = q.latent(w)
-        target = q.scale(w).detach()
-        terms.append(((latent.abs() - target)**2).float().mean())
+    for module in modules:
+        for _, m in binary_weight_layers(module):
+            q, w = m.weight_quantizer, m.weight
+            latent = q.latent(w)
+            target = q.scale(w).detach()
+            terms.append(((latent.abs() - target)**2).float().mean())
     if not terms:
-        p = next(module.parameters(), None)
+        p = next((p for m in modules for p in m.parameters()), None)
         device = p.device if p is not None else None
         return torch.zeros((), device=device)
     return torch.stack(terms).mean()

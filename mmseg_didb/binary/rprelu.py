@@ -48,6 +48,14 @@ class ChannelPReLU(nn.Module):
         self.slope = nn.Parameter(torch.full((num_channels, ), float(init)))
 
     def forward(self, x: Tensor) -> Tensor:
+        dim = self.channel_dim % x.dim()
+        if dim == x.dim() - 1 and x.shape[dim] == self.num_channels:
+            # channels last (tokens): a 2-D view puts them on dim 1
+            shape = x.shape
+            return F.prelu(x.reshape(-1, shape[-1]),
+                           self.slope.to(x.dtype)).view(shape)
+        if dim == 1 and x.shape[1] == self.num_channels:
+            return F.prelu(x, self.slope.to(x.dtype))
         slope = _channel_view(self.slope, x, self.channel_dim)
         return torch.where(x >= 0, x, slope * x)
 

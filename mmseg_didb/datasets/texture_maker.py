@@ -75,11 +75,44 @@ PALETTE: List[List[int]] = [[180, 70, 50], [70, 180, 60], [150, 150, 150],
                             [250, 130, 30], [60, 200, 220]]
 
 
-def load_source(source: TextureSource) -> np.ndarray:
+def _fine(source: TextureSource) -> TextureSource:
+    """The same photograph at half the grain size."""
+    return TextureSource(source.name + '_fine', source.loader, source.box,
+                         source.scale * 0.5)
+
+
+#: Class sets, selected by ``MosaicSpec.classes``: ``'texture8'`` (the
+#: default above) and ``'grain16'``, every photograph at its own grain and at
+#: half of it (16 classes: telling a texture from its finer self needs the
+#: spatial-frequency content of the patch, not only its look).
+CLASS_SETS: Dict[str, Tuple[TextureSource, ...]] = {
+    'texture8': CLASS_SOURCES,
+    'grain16': CLASS_SOURCES + tuple(_fine(s) for s in CLASS_SOURCES),
+}
+
+
+def class_names(class_set: str = 'texture8') -> Tuple[str, ...]:
+    """Class names (labels 1..K) of a class set."""
+    if class_set not in CLASS_SETS:
+        raise ValueError(f'unknown class set {class_set!r}; valid: '
+                         f'{sorted(CLASS_SETS)}')
+    return tuple(s.name for s in CLASS_SETS[class_set])
+
+
+def class_palette(class_set: str = 'texture8') -> List[List[int]]:
+    """A palette for a class set (the 8 colours, darker for the fine set)."""
+    n = len(class_names(class_set))
+    return [PALETTE[i % len(PALETTE)] if i < len(PALETTE) else
+            [c // 2 for c in PALETTE[i % len(PALETTE)]] for i in range(n)]
+
+
+def load_source(source: TextureSource, gray: bool = False) -> np.ndarray:
     """Loads a source photograph as an RGB ``uint8`` array (crop, resize).
 
     Args:
         source: The texture source.
+        gray: Replace the colours by the luminance (kept as 3 equal
+            channels), so that classes differ by texture only.
 
     Returns:
         np.ndarray: ``(H, W, 3)`` uint8 RGB image.
@@ -98,6 +131,9 @@ def load_source(source: TextureSource) -> np.ndarray:
         image = cv2.resize(
             image, (round(w * source.scale), round(h * source.scale)),
             interpolation=cv2.INTER_AREA)
+    if gray:
+        luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        image = np.repeat(luma[..., None], 3, axis=2)
     return np.ascontiguousarray(image)
 
 
@@ -199,8 +235,9 @@ def _sample_window(rng: np.random.Generator, box: Sequence[int], h: int,
 def make_mosaic(rng: np.random.Generator, sources: Dict[str, np.ndarray],
                 boxes: Dict[str, Tuple[int, int, int, int]], size: int,
                 other_prob: float, min_cells: int = 3, max_cells: int = 7,
-                warp: float = 0.08,
-                min_scale: float = 0.6) -> Tuple[np.ndarray, np.ndarray, list]:
+                warp: float = 0.08, min_scale: float = 0.6,
+                class_sources: Sequence[TextureSource] = CLASS_SOURCES
+                ) -> Tuple[np.ndarray, np.ndarray, list]:
     """Draws one mosaic image and its label map.
 
     Args:
@@ -216,6 +253,7 @@ def make_mosaic(rng: np.random.Generator, sources: Dict[str, np.ndarray],
         max_cells: Maximum number of regions.
         warp: Boundary warp amplitude (fraction of ``size``).
         min_scale: Smallest resize factor from source to image.
+        class_sources: The classes (labels 1..K in this order).
 
     Returns:
         tuple: ``(image (size, size, 3) uint8 RGB, label (size, size) uint8,
@@ -233,8 +271,8 @@ def make_mosaic(rng: np.random.Generator, sources: Dict[str, np.ndarray],
             other = OTHER_SOURCES[int(rng.integers(len(OTHER_SOURCES)))]
             name, value = other.name, 0
         else:
-            k = int(rng.integers(len(CLASS_SOURCES)))
-            name, value = CLASS_SOURCES[k].name, k + 1
+            k = int(rng.integers(len(class_sources)))
+            name, value = class_sources[k].name, k + 1
         ys, xs = np.nonzero(mask)
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         h, w = int(y1 - y0), int(x1 - x0)
@@ -267,6 +305,8 @@ class MosaicSpec:
     other_prob: float = 0.1
     min_cells: int = 3
     max_cells: int = 7
+    gray: bool = False
+    classes: str = 'texture8'
 
 
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -320,16 +360,18 @@ def build_dataset(out_dir: str, spec: MosaicSpec = MosaicSpec(),
     if spec.min_cells < 1 or spec.max_cells < spec.min_cells:
         raise ValueError('need 1 <= min_cells <= max_cells, got '
                          f'{spec.min_cells}, {spec.max_cells}.')
-    all_sources = CLASS_SOURCES + OTHER_SOURCES
-    images = {s.name: load_source(s) for s in all_sources}
+    names = class_names(spec.classes)  # raises on an unknown set
+    class_sources = CLASS_SETS[spec.classes]
+    all_sources = tuple(class_sources) + OTHER_SOURCES
+    images = {s.name: load_source(s, spec.gray) for s in all_sources}
     boxes = {
         s.name: split_boxes(images[s.name].shape, spec.train_fraction)
         for s in all_sources
     }
     meta = dict(
         format_version=FORMAT_VERSION,
-        classes=list(CLASSES),
-        palette=PALETTE,
+        classes=list(names),
+        palette=class_palette(spec.classes),
         label_convention='0 = other/ignore, 1..K = classes (ADE20K)',
         spec=asdict(spec),
         sources={
@@ -339,8 +381,7 @@ def build_dataset(out_dir: str, spec: MosaicSpec = MosaicSpec(),
                 box=s.box,
                 scale=s.scale,
                 shape=list(images[s.name].shape),
-                label=(CLASSES.index(s.name) +
-                       1 if s.name in CLASSES else 0),
+                label=(names.index(s.name) + 1 if s.name in names else 0),
                 split_boxes=boxes[s.name])
             for s in all_sources
         },
@@ -363,7 +404,8 @@ def build_dataset(out_dir: str, spec: MosaicSpec = MosaicSpec(),
             rng = image_rng(spec.seed, split, i)
             image, label, cells = make_mosaic(
                 rng, images, split_boxes_, spec.size, spec.other_prob,
-                spec.min_cells, spec.max_cells)
+                spec.min_cells, spec.max_cells,
+                class_sources=class_sources)
             stem = f'mosaic_{i:05d}'
             img_rel = osp.join('images', split, stem + '.png')
             ann_rel = osp.join('annotations', split, stem + '.png')

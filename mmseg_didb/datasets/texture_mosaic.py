@@ -1,11 +1,12 @@
 """The texture-mosaic dataset (built by ``tools/make_texture_dataset.py``)."""
+import json
 import os.path as osp
-from typing import List
+from typing import List, Optional
 
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-from .texture_maker import CLASSES, PALETTE
+from .texture_maker import CLASS_SETS, CLASSES, META_FILE, PALETTE, class_names
 
 
 @DATASETS.register_module()
@@ -14,8 +15,10 @@ class TextureMosaicDataset(BaseSegDataset):
 
     Images are ``images/{training,validation}/*.png``, labels
     ``annotations/{training,validation}/*.png`` with 0 = other/ignore and
-    1..8 = the classes below; ``reduce_zero_label=True`` (fixed, as in
-    ``ADE20KDataset``) maps them to 255 and 0..7.
+    1..K = the classes; ``reduce_zero_label=True`` (fixed, as in
+    ``ADE20KDataset``) maps them to 255 and 0..K-1. The classes are those of
+    the build (its ``texture_mosaic.json``: the default 8 below, or another
+    class set of the maker); an explicit ``metainfo`` wins.
 
     Args:
         **kwargs: Arguments of ``mmseg.datasets.BaseSegDataset``.
@@ -26,16 +29,43 @@ class TextureMosaicDataset(BaseSegDataset):
                  img_suffix: str = '.png',
                  seg_map_suffix: str = '.png',
                  reduce_zero_label: bool = True,
+                 metainfo: Optional[dict] = None,
                  **kwargs) -> None:
         if not reduce_zero_label:
             raise ValueError(
                 'TextureMosaicDataset labels 0 as "other" (ignored), like '
                 'ADE20K: keep reduce_zero_label=True.')
+        if metainfo is None:
+            metainfo = self._build_metainfo(kwargs.get('data_root', ''))
         super().__init__(
             img_suffix=img_suffix,
             seg_map_suffix=seg_map_suffix,
             reduce_zero_label=reduce_zero_label,
+            metainfo=metainfo,
             **kwargs)
+
+    @classmethod
+    def get_label_map(cls, new_classes=None):
+        """The whole class list of another class set of the maker keeps its
+        labels (mmseg would only accept subsets of the default classes)."""
+        if new_classes is not None and any(
+                tuple(new_classes) == class_names(name)
+                for name in CLASS_SETS):
+            return None
+        return super().get_label_map(new_classes)
+
+    @staticmethod
+    def _build_metainfo(data_root: str) -> Optional[dict]:
+        """Classes and palette recorded by the build, if it has a record."""
+        path = osp.join(data_root or '', META_FILE)
+        if not osp.isfile(path):
+            return None
+        with open(path) as f:
+            meta = json.load(f)
+        if 'classes' not in meta:
+            return None
+        return dict(classes=tuple(meta['classes']),
+                    palette=meta.get('palette'))
 
     def load_data_list(self) -> List[dict]:
         """Scans the image folder; a missing folder is an error saying how to

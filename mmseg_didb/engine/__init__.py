@@ -1,3 +1,3 @@
-from .hooks import BinarizationSwitchHook
+from .hooks import BinarizationSwitchHook, PackedInferenceHook
 
-__all__ = ['BinarizationSwitchHook']
+__all__ = ['BinarizationSwitchHook', 'PackedInferenceHook']

@@ -77,3 +77,39 @@ class BinarizationSwitchHook(Hook):
     def before_train_iter(self, runner, batch_idx: int,
                           data_batch=None) -> None:
         self._apply(runner, runner.iter)
+
+
+@HOOKS.register_module()
+class PackedInferenceHook(Hook):
+    """Run validation / testing on the bit-packed model.
+
+    Before the test (or validation) loop, after the checkpoint is loaded,
+    the runner's model is converted in place with
+    :func:`mmseg_didb.deploy.convert_to_packed`: every binary linear and
+    conv runs on XNOR-popcount kernels, the attention's ``Q K^T`` and
+    ``Ab V`` on packed kernels, BatchNorms after binary convs are folded.
+    ``tools/test.py CONFIG CKPT --packed`` adds this hook. Not for training
+    runs (the packed model has no gradients): use it in test / val only.
+    """
+
+    priority = 'VERY_LOW'
+
+    def _convert(self, runner) -> None:
+        from ..deploy import convert_to_packed
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        if getattr(model, 'pack_report', None) is not None:
+            return  # already converted (val after val)
+        convert_to_packed(model, inplace=True)
+        runner.logger.info('packed inference: ' +
+                           model.pack_report.summary())
+
+    def before_test(self, runner) -> None:
+        self._convert(runner)
+
+    def before_val(self, runner) -> None:
+        train_loop = getattr(runner, '_train_loop', None)
+        if train_loop is not None and not isinstance(train_loop, dict):
+            raise RuntimeError('PackedInferenceHook converts the model for '
+                               'inference; do not use it while training')
+        self._convert(runner)

@@ -5,6 +5,15 @@ Usage::
     python tools/analysis/benchmark.py CONFIG [--vs FP_CONFIG] [--shape H W]
         [--batch-size N] [--warmup N] [--repeats N] [--device cpu|cuda]
         [--threads N] [--json [PATH]]
+    python tools/analysis/benchmark.py CONFIG --packed [--shape 512 512]
+        [--threads-list 1 0] [--repeats N]
+
+``--packed``: end-to-end inference of the bit-packed model
+(:func:`mmseg_didb.deploy.convert_to_packed`: XNOR-popcount kernels for every
+binary linear, conv and attention matmul) against its FP counterpart, one
+image, at each ``--threads-list`` value (0 = all cores), with peak memory
+and a per-stage breakdown (backbone stages, neck, head; binary kernels vs FP
+glue) of each model.
 
 Both models are built, timed and measured in the same process, one after the
 other (the FP one last), on random data: ``train`` is a full optimisation step
@@ -18,6 +27,7 @@ same config with every ``preset`` set to ``'fp'``.
 """
 import argparse
 import json
+import os
 import os.path as osp
 import sys
 
@@ -28,8 +38,8 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 from mmseg_didb.analysis import (build_segmentor,  # noqa: E402
                                  comparison_config, load_config)
 from mmseg_didb.analysis.benchmark import (  # noqa: E402
-    benchmark_isolated, benchmark_model, describe_device, format_results,
-    results_dict)
+    benchmark_isolated, benchmark_model, describe_device, format_breakdown,
+    format_results, results_dict)
 from mmseg_didb.analysis.cli import (add_model_args,  # noqa: E402
                                      check_model_args)
 
@@ -42,9 +52,9 @@ def parse_args(argv=None):
         "to 'fp'; 'none' benchmarks the model alone",
         json_help='write JSON (stdout if no PATH)')
     parser.add_argument(
-        '--batch-size', type=int, default=2,
+        '--batch-size', type=int, default=None,
         help='images per step (default 2, as per GPU in the configs; the PPM '
-        'BatchNorm of UPerHead needs >= 2 in training)')
+        'BatchNorm of UPerHead needs >= 2 in training; 1 with --packed)')
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--device', default=None,
@@ -52,16 +62,45 @@ def parse_args(argv=None):
     parser.add_argument('--phases', nargs='+', default=['train', 'infer'],
                         choices=['train', 'infer'])
     parser.add_argument(
+        '--packed', action='store_true',
+        help='inference of the bit-packed model vs the FP counterpart, one '
+        'image, at each --threads-list value, with a per-stage breakdown')
+    parser.add_argument(
+        '--threads-list', type=int, nargs='+', default=[1, 0],
+        help='thread counts of --packed (0 = all cores; default 1 0)')
+    parser.add_argument(
         '--no-isolate', action='store_true',
         help='on CPU, run everything in this process (default: each model '
         'and phase in a fresh child process, for clean peak-RSS numbers)')
     args = parser.parse_args(argv)
     check_model_args(parser, args)
+    if args.packed:
+        args.phases = ['infer']
+    if args.batch_size is None:
+        args.batch_size = 1 if args.packed else 2
     if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error('--repeats and --batch-size must be >= 1, --warmup >= 0')
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda but no CUDA device is available')
     return args
+
+
+def run_models(args, models, device, threads):
+    """Benchmark every (name, config) in this process or isolated."""
+    shape = tuple(args.shape)
+    results = []
+    common = dict(shape=shape, batch_size=args.batch_size,
+                  warmup=args.warmup, repeats=args.repeats, device=device,
+                  phases=tuple(args.phases), packed=args.packed)
+    for name, model_cfg in models:
+        if device == 'cpu' and not args.no_isolate:
+            results.append(benchmark_isolated(
+                model_cfg, name, threads=threads, **common))
+        else:
+            torch.set_num_threads(threads)
+            results.append(benchmark_model(
+                lambda c=model_cfg: build_segmentor(c), name, **common))
+    return results
 
 
 def main(argv=None) -> dict:
@@ -70,34 +109,37 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     cfg = load_config(args.config, args.cfg_options)
-    models = [(osp.splitext(osp.basename(args.config))[0], cfg)]
+    name = osp.splitext(osp.basename(args.config))[0]
+    models = [(name + (' (packed)' if args.packed else ''), cfg)]
     vs = comparison_config(cfg, args.vs, args.cfg_options)
     if vs is not None:
         models.append(('fp (preset=fp)' if args.vs == 'auto' else
                        osp.splitext(osp.basename(args.vs))[0], vs))
     shape = tuple(args.shape)
-    results = []
-    common = dict(shape=shape, batch_size=args.batch_size,
-                  warmup=args.warmup, repeats=args.repeats, device=device,
-                  phases=tuple(args.phases))
-    for name, model_cfg in models:
-        if device == 'cpu' and not args.no_isolate:
-            results.append(benchmark_isolated(
-                model_cfg, name, threads=torch.get_num_threads(), **common))
-        else:
-            results.append(benchmark_model(
-                lambda c=model_cfg: build_segmentor(c), name, **common))
+    thread_counts = ([t or (os.cpu_count() or 1) for t in args.threads_list]
+                     if args.packed else [torch.get_num_threads()])
     out = dict(device=describe_device(device), shape=list(shape),
                batch_size=args.batch_size, warmup=args.warmup,
-               repeats=args.repeats, threads=torch.get_num_threads(),
-               results=results_dict(results))
+               repeats=args.repeats, runs=[])
+    for threads in thread_counts:
+        results = run_models(args, models, device, threads)
+        out['runs'].append(dict(threads=threads,
+                                results=results_dict(results)))
+        if args.json == '-':
+            continue
+        print(format_results(results, out['device'], shape,
+                             args.batch_size, threads))
+        for r in results:
+            if r.breakdown is not None:
+                print(format_breakdown(r))
+        print()
+    if len(thread_counts) == 1:  # the single-run layout of earlier versions
+        out.update(threads=thread_counts[0], results=out['runs'][0]['results'])
     if args.json == '-':
         print(json.dumps(out, indent=2))
-    else:
-        print(format_results(results, out['device'], shape, args.batch_size))
-        if args.json:
-            with open(args.json, 'w') as f:
-                json.dump(out, f, indent=2)
+    elif args.json:
+        with open(args.json, 'w') as f:
+            json.dump(out, f, indent=2)
     return out
 
 

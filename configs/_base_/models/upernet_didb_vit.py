@@ -22,7 +22,9 @@ model = dict(
         preset='didb',
         in_channels=[384, 384, 384, 384],
         out_channels=384,
-        scales=[4, 2, 1, 0.5]),
+        scales=[4, 2, 1, 0.5],
+        # the heads' norm (SyncBN across GPUs), as every binary conv unit
+        norm_cfg=dict(type='SyncBN', requires_grad=True)),
     decode_head=dict(in_channels=[384, 384, 384, 384]),
     # the last neck level (Swin: stage 3, also 384 channels)
     auxiliary_head=dict(in_index=3))

@@ -4,7 +4,7 @@ Binary window attention with HFSC, binarized attention probabilities and DIBA
 (:class:`~mmseg_didb.models.layers.DIDBAttention`), binary MLPs and binary
 patch merging with an average-pool shortcut; FP patch-embedding stem, FP
 LayerNorms, FP relative position bias and FP output norms (DIDB-ViT, arXiv
-2507.02222; DESIGN sections 3 and 4). ``preset='fp'`` is exactly the timm /
+2507.02222; docs/method.md). ``preset='fp'`` is exactly the timm /
 official Swin Transformer (Liu et al., ICCV 2021).
 """
 import math
@@ -172,13 +172,15 @@ class DIDBSwinStage(nn.Module):
         downsample: Patch merging at the start (timm layout).
         ref_grid: Token grid of this stage at the pretraining size.
         drop_path: Per-block stochastic depth rates.
+        attn_cfg: Extra :class:`DIDBWindowAttention` arguments.
         block_kwargs: Remaining :class:`DIDBBlock` arguments.
     """
 
     def __init__(self, in_dims: int, out_dims: int, depth: int,
                  num_heads: int, window_size: Pair, downsample: bool,
                  preset: BinaryPreset, ref_grid: Pair,
-                 drop_path: Sequence[float], **block_kwargs) -> None:
+                 drop_path: Sequence[float],
+                 attn_cfg: Optional[dict] = None, **block_kwargs) -> None:
         super().__init__()
         self.window_size = window_size
         win, _ = window_and_shift(ref_grid, window_size)
@@ -191,7 +193,8 @@ class DIDBSwinStage(nn.Module):
                       drop_path=drop_path[i], ref_grid=ref_grid,
                       attn_layer=DIDBWindowAttention,
                       attn_kwargs=dict(window_size=window_size,
-                                       attn_tokens=attn_tokens),
+                                       attn_tokens=attn_tokens,
+                                       **(attn_cfg or {})),
                       **block_kwargs) for i in range(depth)
         ])
 
@@ -263,6 +266,9 @@ class DIDBSwin(StrictPretrainedMixin, BaseModule):
         attn_drop_rate: Dropout on attention probabilities.
         drop_path_rate: Stochastic depth, linearly increasing over blocks.
         out_indices: Stages to output.
+        attn_cfg: Extra arguments of every attention (start values of the
+            DIDB scalars: ``prob_scale_init``, ``diba_scale_init``,
+            ``diba_local_init``; see :class:`DIDBAttention`).
         pretrain_img_size: Pretraining image size; sets the reference grid of
             the Token RPReLU maps.
         with_cp: Gradient checkpointing per block.
@@ -296,6 +302,7 @@ class DIDBSwin(StrictPretrainedMixin, BaseModule):
                  attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.1,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
+                 attn_cfg: Optional[dict] = None,
                  pretrain_img_size: Union[int, Pair] = 224,
                  with_cp: bool = False,
                  frozen_stages: int = -1,
@@ -361,7 +368,8 @@ class DIDBSwin(StrictPretrainedMixin, BaseModule):
                 downsample=i > 0, preset=self.preset, ref_grid=grid,
                 drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
-                attn_drop=attn_drop_rate, with_cp=with_cp))
+                attn_drop=attn_drop_rate, with_cp=with_cp,
+                attn_cfg=attn_cfg))
         self.layers = nn.ModuleList(layers)
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))

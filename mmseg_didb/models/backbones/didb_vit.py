@@ -92,6 +92,9 @@ class DIDBViT(StrictPretrainedMixin, BaseModule):
         interpolate_mode: Mode for resizing the position embedding.
         norm_eval: Keep BatchNorm layers (``norm='bn'`` units) in eval mode.
         with_cp: Gradient checkpointing per layer.
+        attn_cfg: Extra arguments of every attention (start values of the
+            DIDB scalars: ``prob_scale_init``, ``diba_scale_init``,
+            ``diba_local_init``; see ``DIDBAttention``).
         pretrained: Deprecated path, use ``init_cfg``.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH, prefix=None)``
             loads a timm / DeiT / mmseg-ViT / own checkpoint strictly (see
@@ -140,6 +143,7 @@ class DIDBViT(StrictPretrainedMixin, BaseModule):
                  interpolate_mode: str = 'bicubic',
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 attn_cfg: Optional[dict] = None,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -219,6 +223,7 @@ class DIDBViT(StrictPretrainedMixin, BaseModule):
                 ref_grid=self.ref_grid,
                 num_extra_tokens=self.num_extra_tokens,
                 norm_layer=partial(_build_norm, norm_cfg),
+                attn_kwargs=attn_cfg,
                 with_cp=with_cp) for i in range(num_layers)
         ])
         self.final_norm = final_norm

@@ -7,6 +7,7 @@ only swap every ``mmcv.cnn.ConvModule`` for a
 2411.10346). The final 1x1 classifier ``conv_seg`` is a plain ``nn.Conv2d``,
 not a ``ConvModule``, so it stays FP.
 """
+import re
 from typing import Optional
 
 from mmcv.cnn import ConvModule, build_norm_layer
@@ -14,7 +15,12 @@ from torch import nn
 
 from ...binary import BinaryConvUnit, BinaryPreset
 
-__all__ = ['binary_unit_from_conv_module', 'binarize_conv_modules']
+__all__ = ['binary_unit_from_conv_module', 'binarize_conv_modules',
+           'rename_conv_module_norms']
+
+# mmcv names a ConvModule's norm after its type ('bn', 'gn', 'ln', ...); a
+# binary unit calls it 'norm'
+_CONV_MODULE_NORM = re.compile(r'^(.*)\.(bn|gn|in|ln)\.(\w+)$')
 
 
 def binary_unit_from_conv_module(module: ConvModule, preset: BinaryPreset,
@@ -85,3 +91,20 @@ def binarize_conv_modules(module: nn.Module, preset: BinaryPreset,
         else:
             replaced += binarize_conv_modules(child, preset, norm_cfg, act_cfg)
     return replaced
+
+
+def rename_conv_module_norms(module: nn.Module, state_dict: dict, prefix: str,
+                             *args) -> None:
+    """Load-state-dict pre-hook: checkpoints of the FP mmseg head (or of the
+    ``fp`` preset) name a ConvModule's norm ``bn`` / ``gn`` ...; the binary
+    units of the same head call it ``norm``. Renames those keys, so an
+    FP-trained head initialises the binary one (conv weights and norms; the
+    binary-only shifts and activations keep their init)."""
+    own = set(module.state_dict())
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        m = _CONV_MODULE_NORM.match(key[len(prefix):])
+        if m is None:
+            continue
+        new = f'{m.group(1)}.norm.{m.group(3)}'
+        if new in own and key[len(prefix):] not in own:
+            state_dict[prefix + new] = state_dict.pop(key)

@@ -4,7 +4,7 @@ Topology, arguments and forward are mmseg's (the classes subclass them and
 reuse their ``__init__`` and ``forward``); after the parent builds its
 ``ConvModule``s, each is swapped for a binary conv unit
 ``y = act(norm(BinaryConv2d(q(x))) + bypass(x))`` with an FP channel bypass
-(BiDense CFB, arXiv 2411.10346; DESIGN section 5). The binarizers and the unit
+(BiDense CFB, arXiv 2411.10346; docs/method.md). The binarizers and the unit
 activation come from the plugin's preset table; ``norm_cfg`` (``BN`` /
 ``SyncBN``), ``align_corners``, ``in_index``, ``dropout_ratio`` and the losses
 keep their mmseg meaning. The final 1x1 classifier ``conv_seg`` stays FP. With
@@ -17,7 +17,7 @@ from mmseg.models.decode_heads import FCNHead, UPerHead
 from mmseg.registry import MODELS
 
 from ...binary import BinaryPreset, resolve_preset
-from .binary_conv_module import binarize_conv_modules
+from .binary_conv_module import binarize_conv_modules, rename_conv_module_norms
 
 __all__ = ['BinaryUPerHead', 'BinaryFCNHead']
 
@@ -37,6 +37,8 @@ class BinaryHeadMixin:
         if self.preset.unit or self.preset.is_binary:
             self.num_binary_units = binarize_conv_modules(
                 self, self.preset, self.norm_cfg, self.act_cfg)
+            self._register_load_state_dict_pre_hook(
+                rename_conv_module_norms, with_module=True)
 
 
 @MODELS.register_module()

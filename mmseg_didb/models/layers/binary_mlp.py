@@ -13,7 +13,7 @@ __all__ = ['BinaryMlp']
 class BinaryMlp(nn.Module):
     """Two binary linear units ``fc1 -> fc2`` (timm ``Mlp`` topology).
 
-    Each unit is ``act(norm(BinaryLinear(q(x))) + shortcut(x))`` (DESIGN
+    Each unit is ``act(norm(BinaryLinear(q(x))) + shortcut(x))`` (docs/method.md,
     section 2); ``fc1`` widens (its shortcut repeats channels) and ``fc2``
     narrows (its shortcut averages channel groups), as in BinaryViT (Le & Li,
     CVPRW 2023). The unit activation (RPReLU / Token RPReLU) is the

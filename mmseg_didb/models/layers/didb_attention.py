@@ -136,10 +136,11 @@ class DIDBAttention(nn.Module):
     """Binary multi-head self-attention with HFSC, binarized probabilities and DIBA.
 
     For one head with tokens on an ``H x W`` grid (DIDB-ViT, arXiv 2507.02222,
-    Sec. 3; DESIGN section 3):
+    Sec. 3; docs/method.md, section 3):
 
-    1. HFSC (high-fidelity similarity): ``X_L = LL(X)`` (undecimated Haar),
-       ``X_H = X - X_L`` on the full map; separate binary units give
+    1. HFSC (high-fidelity similarity): ``X_L`` = the Haar low band at the
+       scale of ``X`` (local 2x2 mean, :func:`haar_split`), ``X_H = X - X_L``
+       on the full map; separate binary units give
        ``Q_L, K_L`` from ``X_L`` and ``Q_H, K_H`` from ``X_H``, ``V`` from ``X``;
        ``S = (b_L Q_L K_L^T + b_H Q_H K_H^T) / sqrt(d) (+ B_rel)``,
        ``b = hfsc_mix`` learnable per head, init 1.
@@ -150,7 +151,7 @@ class DIDBAttention(nn.Module):
        N8 the 8 grid neighbours with zero padding; extra tokens get no local term.
     4. ``proj``: binary linear unit (norm + shortcut + (Token) RPReLU).
 
-    Reconstructions (the paper text is not fully available; DESIGN section 3):
+    Reconstructions (the paper text is not fully available; docs/method.md):
     the exact HFSC/DIBA formulas above; ``hfsc='split'`` gives each branch half
     of the head dimension (same cost as one ``Q K^T``; ``Q_L K_L^T + Q_H K_H^T``
     then equals the full-dimension product when both come from the same
@@ -167,7 +168,8 @@ class DIDBAttention(nn.Module):
         preset: Preset name, :class:`BinaryPreset` or dict (see
             :func:`mmseg_didb.binary.presets.resolve_preset`).
         qkv_bias: Bias in the q/k/v linears.
-        attn_drop: Dropout on the (binarized) attention probabilities.
+        attn_drop: Dropout on the attention probabilities (before their
+            binarizer, so that ``Ab`` stays in ``{0, a}``).
         proj_drop: Dropout after ``proj``.
         ref_grid: Reference token grid ``(H, W)`` of the per-token RPReLU terms
             (the pretraining grid); required when the preset uses Token RPReLU.
@@ -178,9 +180,10 @@ class DIDBAttention(nn.Module):
             ``~1/197`` for DeiT; with a fixed 0.005 every probability of a
             small Swin window exceeds ``a`` and q/k receive no gradient).
             Default: ``num_extra_tokens + H * W`` of ``ref_grid`` if given.
-        hfsc_low: Low band of HFSC: ``'ll'`` (DESIGN: the orthonormal Haar LL,
-            twice the local 2x2 mean, so ``X_H = X - LL``) or ``'mean'`` (the
-            local mean, making ``X_H`` a zero-mean high-pass detail).
+        prob_scale_init: Start value of ``a`` instead of ``1 / attn_tokens``
+            (e.g. BinaryViT-Le's 0.005), for comparing the reconstruction.
+        diba_scale_init: Start value of ``l_s`` (DIBA shortcut term).
+        diba_local_init: Start value of ``l_l`` (DIBA local term).
     """
 
     def __init__(self,
@@ -193,7 +196,9 @@ class DIDBAttention(nn.Module):
                  ref_grid: Optional[Tuple[int, int]] = None,
                  num_extra_tokens: int = 0,
                  attn_tokens: Optional[int] = None,
-                 hfsc_low: str = 'll') -> None:
+                 prob_scale_init: Optional[float] = None,
+                 diba_scale_init: float = 1.0,
+                 diba_local_init: float = 0.1) -> None:
         super().__init__()
         preset = resolve_preset(preset)
         if embed_dims % num_heads:
@@ -212,9 +217,6 @@ class DIDBAttention(nn.Module):
         self.num_extra_tokens = num_extra_tokens
         self.ref_grid = None if ref_grid is None else _pair(ref_grid)
         self.hfsc = preset.hfsc
-        if hfsc_low not in ('ll', 'mean'):
-            raise ValueError(f"hfsc_low must be 'll' or 'mean', got {hfsc_low!r}")
-        self.hfsc_low = hfsc_low
 
         def unit(in_f: int, out_f: int, bias: bool = True) -> nn.Module:
             return BinaryLinearUnit(
@@ -252,17 +254,34 @@ class DIDBAttention(nn.Module):
         self.attn_quant = nn.Identity() if attn_q is None else attn_q
         if attn_tokens is None and self.ref_grid is not None:
             attn_tokens = num_extra_tokens + self.ref_grid[0] * self.ref_grid[1]
-        alpha = getattr(self.attn_quant, 'alpha', None)
-        if attn_tokens and isinstance(alpha, nn.Parameter):
-            with torch.no_grad():
-                alpha.fill_(1.0 / attn_tokens)
+        if prob_scale_init is None and attn_tokens:
+            prob_scale_init = 1.0 / attn_tokens
+        if prob_scale_init and hasattr(self.attn_quant, 'set_alpha'):
+            self.attn_quant.set_alpha(prob_scale_init)
         self.attn_drop = nn.Dropout(attn_drop)
         if preset.diba_shortcut:
-            self.diba_scale = nn.Parameter(torch.ones(embed_dims))
+            self.diba_scale = nn.Parameter(
+                torch.full((embed_dims, ), float(diba_scale_init)))
         if preset.diba_local:
-            self.diba_local_scale = nn.Parameter(torch.full((embed_dims, ), 0.1))
+            self.diba_local_scale = nn.Parameter(
+                torch.full((embed_dims, ), float(diba_local_init)))
         self.proj = unit(embed_dims, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop)
+        # set by mmseg_didb.deploy.convert_to_packed: bit-packed Q K^T, Ab V
+        self.binary_matmuls: Optional[nn.Module] = None
+
+    def matmul_binarizers(self) -> Tuple[List[nn.Module], List[nn.Module],
+                                         nn.Module, nn.Module]:
+        """The binarizers feeding the two binary matmuls.
+
+        Returns:
+            ``(q binarizers, k binarizers, v binarizer, probability
+            binarizer)``, one q and one k per HFSC branch; FP parts are
+            ``nn.Identity``.
+        """
+        qs = [getattr(self, f'q{br}_quant') for br in self.branches]
+        ks = [getattr(self, f'k{br}_quant') for br in self.branches]
+        return qs, ks, self.v_quant, self.attn_quant
 
     # ------------------------------------------------------------------ grid
     def _split_grid(self, x: torch.Tensor, hw: Tuple[int, int]
@@ -283,12 +302,12 @@ class DIDBAttention(nn.Module):
 
     def hfsc_split(self, x: torch.Tensor, hw: Tuple[int, int]
                    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """HFSC inputs ``(X_L, X_H)``: Haar LL and its residual on the full map.
+        """HFSC inputs ``(X_L, X_H)``: Haar low band and residual, full map.
 
         Extra tokens have no grid and are passed unchanged to both branches.
         """
         extra, grid = self._split_grid(x, hw)
-        low, high = haar_split(grid, low=self.hfsc_low)
+        low, high = haar_split(grid, low=self.preset.hfsc_low)
         return self._join_grid(extra, low), self._join_grid(extra, high)
 
     def diba_local(self, v: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
@@ -325,9 +344,15 @@ class DIDBAttention(nn.Module):
             ``(Bw, N, C)``: ``Ab V`` plus the DIBA shortcut term.
         """
         Bw, N, C = v.shape
+        packed = self.binary_matmuls
         scores = None
         for i, (q, k) in enumerate(zip(qs, ks)):
-            s = (self._heads(q) * self.scale) @ self._heads(k).transpose(-2, -1)
+            if packed is not None:  # deployment: XNOR-popcount kernels
+                s = packed.similarity(i, self._heads(q), self._heads(k))
+                s = s * self.scale
+            else:
+                s = (self._heads(q) * self.scale) @ self._heads(k).transpose(
+                    -2, -1)
             if self.hfsc != 'off':
                 s = s * self.hfsc_mix[:, i].view(1, -1, 1, 1)
             scores = s if scores is None else scores + s
@@ -339,9 +364,10 @@ class DIDBAttention(nn.Module):
                 attn_mask.view(1, nW, 1, N, N)
             scores = scores.view(-1, self.num_heads, N, N)
         attn = scores.softmax(dim=-1)
-        attn = self.attn_drop(self.attn_quant(attn))
+        # dropout first, so that Ab keeps its values {0, a}
+        attn = self.attn_quant(self.attn_drop(attn))
         vh = self._heads(v)
-        out = attn @ vh
+        out = attn @ vh if packed is None else packed.aggregate(attn, vh)
         if self.preset.diba_shortcut:
             # (l_s - k_i) v_i with k_i the row sum (popcount * a) of Ab
             row_sum = attn.sum(dim=-1, keepdim=True)

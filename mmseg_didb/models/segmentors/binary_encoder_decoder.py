@@ -1,17 +1,22 @@
 """Encoder-decoder segmentor with the training-time extras of binary models."""
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from mmengine.logging import MessageHub, print_log
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig, SampleList
-from torch import Tensor
+from torch import Tensor, nn
 
-from ...binary import GRSSchedule, grs_loss, set_binarization
+from ...binary import (BinaryPreset, GRSSchedule, binary_weight_layers,
+                       grs_loss, set_binarization)
 from ...binary.switch import KINDS
 
 #: keyword arguments of ``set_binarization`` accepted in ``binarize``
 BINARIZE_KEYS = tuple(KINDS)
+#: GRS schedule used when a preset asks for GRS and ``grs`` is not given
+DEFAULT_GRS = dict(weight=1.0, warmup_iters=0)
+#: segmentor children whose ``preset`` can switch GRS on
+_COMPONENTS = ('backbone', 'neck', 'decode_head', 'auxiliary_head')
 
 
 @MODELS.register_module()
@@ -21,13 +26,18 @@ class BinaryEncoderDecoder(EncoderDecoder):
     Inference (``predict``, ``_forward``, slide / whole inference) is
     inherited unchanged. Two training-time additions:
 
-    - ``grs``: the GRS-like regulariser of the 1-bit toolkit
+    - GRS: when the preset of a component (backbone, neck, heads) has
+      ``grs=True`` (the ``binaryvit`` row, or ``preset_overrides=dict(
+      grs=True)``), the GRS-like regulariser of the 1-bit toolkit
       (:func:`mmseg_didb.binary.regularizers.grs_loss`, BinaryViT-Xiao; see
-      its docstring for the reconstructed formula) is added to the loss dict
-      as ``loss_grs = lambda(t) * R``, with ``lambda(t)`` the linear ramp of
+      its docstring for the reconstructed formula) over the binary weights of
+      those components is added to the loss dict as ``loss_grs =
+      lambda(t) * R``, with ``lambda(t)`` the linear ramp of
       :class:`~mmseg_didb.binary.regularizers.GRSSchedule` and ``t`` the
       current training iteration read from mmengine's ``MessageHub``. The
       unweighted ``R`` is logged as ``grs_reg`` (a log value, not optimised).
+      The preset decides *whether*; the ``grs`` argument only sets the
+      schedule (default :data:`DEFAULT_GRS`).
     - ``binarize``: quantizer switches applied once at construction through
       :func:`mmseg_didb.binary.switch.set_binarization`, e.g.
       ``binarize=dict(weights=False)`` is stage 1 of ReActNet's two-step
@@ -36,8 +46,11 @@ class BinaryEncoderDecoder(EncoderDecoder):
       keys and stage 2 (``binarize=None``) loads stage 1 with ``load_from``.
 
     Args:
-        grs (dict, optional): ``dict(weight=..., warmup_iters=...,
-            start_iter=0)``, arguments of ``GRSSchedule``. None disables it.
+        grs (dict, optional): GRS schedule ``dict(weight=..., warmup_iters=
+            ..., start_iter=0)`` (arguments of ``GRSSchedule``) for the
+            components whose preset has ``grs=True``; None uses
+            :data:`DEFAULT_GRS`. Giving it when no preset asks for GRS is an
+            error.
         binarize (dict, optional): Keyword arguments of ``set_binarization``
             (``weights``, ``activations``, ``attention``; bool or None).
             None leaves every quantizer enabled (fully binary).
@@ -76,20 +89,41 @@ class BinaryEncoderDecoder(EncoderDecoder):
                     for k, v in self.binarize.items()),
                 logger='current')
 
+    def grs_modules(self) -> List[nn.Module]:
+        """The components whose preset has ``grs=True`` (the GRS targets)."""
+        found = []
+        for name in _COMPONENTS:
+            parts = getattr(self, name, None)
+            if parts is None:
+                continue
+            if not isinstance(parts, nn.ModuleList):
+                parts = [parts]
+            for m in parts:
+                preset = getattr(m, 'preset', None)
+                if isinstance(preset, BinaryPreset) and preset.grs:
+                    found.append(m)
+        return found
+
     def _build_grs(self, grs: Optional[dict]) -> Optional[GRSSchedule]:
-        if grs is None:
-            return None
-        if not isinstance(grs, dict) or 'weight' not in grs:
+        if grs is not None and (not isinstance(grs, dict)
+                                or 'weight' not in grs):
             raise ValueError(
                 'grs must be None or dict(weight=..., warmup_iters=..., '
                 f'start_iter=0), got {grs!r}.')
-        schedule = GRSSchedule(**grs)
-        if not any(getattr(m, 'kind', None) == 'weight'
-                   for m in self.modules()):
+        if not self.grs_modules():
+            if grs is not None:
+                raise ValueError(
+                    'grs sets the GRS schedule, but no component preset asks '
+                    "for GRS: use preset='binaryvit' or add "
+                    'preset_overrides=dict(grs=True) to the backbone / heads, '
+                    'or drop grs from the segmentor config.')
+            return None
+        schedule = GRSSchedule(**(DEFAULT_GRS if grs is None else grs))
+        if not any(True for m in self.grs_modules()
+                   for _ in binary_weight_layers(m)):
             print_log(
-                'grs is set but the model has no binary weight quantizer: '
-                'loss_grs will stay 0. Use a binary preset (e.g. '
-                "preset='binaryvit') or drop grs from the config.",
+                'a preset asks for GRS but its components have no binary '
+                'weight quantizer: loss_grs will stay 0.',
                 logger='current', level=30)
         return schedule
 
@@ -115,7 +149,7 @@ class BinaryEncoderDecoder(EncoderDecoder):
         """GRS loss terms for the current iteration (empty if disabled)."""
         if self.grs_schedule is None:
             return {}
-        reg = grs_loss(self)
+        reg = grs_loss(self.grs_modules())
         lam = float(self.grs_schedule(self.current_iter()))
         return {'loss_grs': reg * lam, 'grs_reg': reg.detach()}
 

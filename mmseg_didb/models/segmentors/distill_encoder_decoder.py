@@ -52,15 +52,17 @@ def load_teacher_config(teacher_config: Union[str, dict, Config]) -> dict:
     return ConfigDict(model)
 
 
-def load_teacher_checkpoint(teacher: nn.Module, checkpoint: str) -> None:
-    """Load a segmentor checkpoint into the teacher, every key matched."""
+def load_teacher_checkpoint(teacher: nn.Module, checkpoint: str,
+                            allow_unsafe: bool = False) -> None:
+    """Load a segmentor checkpoint into the teacher, every key matched
+    (weights-only unpickling unless ``allow_unsafe``)."""
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(
             f'Teacher checkpoint {checkpoint!r} not found. Train the FP '
             'teacher first (its work_dir holds iter_*.pth) or download the '
             "mmseg model-zoo checkpoint of the teacher's config, and set "
             'teacher_checkpoint to the local file.')
-    state = read_state_dict(checkpoint)
+    state = read_state_dict(checkpoint, allow_unsafe=allow_unsafe)
     missing, unexpected = teacher.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise KeyError(
@@ -110,6 +112,9 @@ class DistillEncoderDecoder(BinaryEncoderDecoder):
             those labelled ``ignore_index``).
         allow_random_teacher (bool): Permit ``teacher_checkpoint=None`` (a
             randomly initialised teacher; only meaningful in tests). Warns.
+        teacher_allow_unsafe_load (bool): Load a teacher checkpoint that
+            weights-only unpickling refuses with a full unpickle (trusted
+            files only; logged).
         Other args: see :class:`BinaryEncoderDecoder`.
     """
 
@@ -120,6 +125,7 @@ class DistillEncoderDecoder(BinaryEncoderDecoder):
                  teacher_checkpoint: Optional[str] = None,
                  distill: Optional[dict] = None,
                  allow_random_teacher: bool = False,
+                 teacher_allow_unsafe_load: bool = False,
                  **kwargs) -> None:
         super().__init__(backbone=backbone, decode_head=decode_head, **kwargs)
         distill = dict(distill or {})
@@ -136,7 +142,8 @@ class DistillEncoderDecoder(BinaryEncoderDecoder):
             mode=distill.get('mode', 'kl'),
             loss_name='loss_kd')
         self._teacher_spec = (teacher_config, teacher_checkpoint,
-                              bool(allow_random_teacher))
+                              bool(allow_random_teacher),
+                              bool(teacher_allow_unsafe_load))
         if teacher_checkpoint is None and not allow_random_teacher:
             raise ValueError(
                 'DistillEncoderDecoder needs teacher_checkpoint: train the FP '
@@ -150,11 +157,12 @@ class DistillEncoderDecoder(BinaryEncoderDecoder):
 
     def _build_teacher(self, teacher_config: Union[str, dict],
                        teacher_checkpoint: Optional[str],
-                       allow_random_teacher: bool) -> nn.Module:
+                       allow_random_teacher: bool,
+                       allow_unsafe: bool = False) -> nn.Module:
         model_cfg = load_teacher_config(teacher_config)
         teacher = MODELS.build(model_cfg)
         if teacher_checkpoint is not None:
-            load_teacher_checkpoint(teacher, teacher_checkpoint)
+            load_teacher_checkpoint(teacher, teacher_checkpoint, allow_unsafe)
         else:
             msg = ('DistillEncoderDecoder: teacher_checkpoint is None, the FP '
                    'teacher has RANDOM weights and the distillation target '

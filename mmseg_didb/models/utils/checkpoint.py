@@ -7,6 +7,7 @@ helpful error when it is missing), unwraps the usual containers, strips the
 prefix, lets the model's load-state-dict pre-hooks convert foreign key layouts,
 and raises an error naming every missing and unexpected key.
 """
+import logging
 import os.path as osp
 import pickle
 import re
@@ -17,7 +18,8 @@ import torch.nn as nn
 from mmengine.logging import print_log
 
 __all__ = [
-    'CheckpointMismatchError', 'read_checkpoint', 'read_state_dict',
+    'CheckpointMismatchError', 'UnsafeCheckpointError', 'UNSAFE_OPT_IN',
+    'read_checkpoint', 'read_state_dict',
     'unwrap_state_dict',
     'load_checkpoint_strict', 'resolve_checkpoint_path',
     'StrictPretrainedMixin'
@@ -55,22 +57,60 @@ def resolve_checkpoint_path(path: str, hint: str = '') -> str:
     return full
 
 
-def read_checkpoint(path: str, map_location: Any = 'cpu') -> Mapping:
-    """Read a checkpoint file (a trusted local file).
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint that weights-only loading refuses (it pickles objects
+    beyond tensors and the allowlisted Runner bookkeeping)."""
 
-    Plain tensor dicts load with ``weights_only=True``; files pickled with
-    other objects (mmengine Runner checkpoints hold a message hub) fall back
-    to a full unpickle.
+
+#: How to load a refused file anyway (every entry point names its switch).
+UNSAFE_OPT_IN = (
+    'If you trust this file, opt in to a full unpickle, which runs any code '
+    'the file carries: allow_unsafe_load=True in the backbone init_cfg, '
+    'teacher_allow_unsafe_load=True for a distillation teacher, or '
+    '--unsafe-load on the tools (tools/deploy.py, tools/export_binary.py, '
+    'tools/convert_pretrained.py, tools/pretrain_cls.py). Better: re-save '
+    'the weights as a plain state dict.')
+
+
+def read_checkpoint(path: str, map_location: Any = 'cpu',
+                    allow_unsafe: bool = False) -> Mapping:
+    """Read a checkpoint file with weights-only unpickling.
+
+    Tensors, containers, numbers and the globals mmengine Runner checkpoints
+    need (allowlisted by :mod:`mmseg_didb.compat`) load; a file that pickles
+    anything else is refused with :class:`UnsafeCheckpointError`, because
+    unpickling it could run arbitrary code.
+
+    Args:
+        path: Local checkpoint file.
+        map_location: Passed to ``torch.load``.
+        allow_unsafe: Fall back to a full unpickle for a refused file (an
+            explicit opt-in for trusted files; logged as a warning).
+
+    Raises:
+        UnsafeCheckpointError: the file needs a full unpickle and
+            ``allow_unsafe`` is False; the message says how to opt in.
     """
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError):
-        return torch.load(path, map_location=map_location, weights_only=False)
+    except pickle.UnpicklingError as e:
+        reason = next((line.strip() for line in str(e).splitlines()
+                       if 'Unsupported global' in line or 'refused' in line),
+                      str(e).splitlines()[0] if str(e) else repr(e))
+        if not allow_unsafe:
+            raise UnsafeCheckpointError(
+                f'{path}: weights-only loading refused this checkpoint '
+                f'({reason}). {UNSAFE_OPT_IN}') from None
+    print_log(f'{path}: loading with a FULL unpickle (unsafe load opted in; '
+              'only for trusted files: it can run code)',
+              logger='current', level=logging.WARNING)
+    return torch.load(path, map_location=map_location, weights_only=False)
 
 
 def read_state_dict(path: str,
-                    keys: Sequence[str] = ('state_dict', )) -> Dict[str, Any]:
-    """The whole state dict of a trusted local checkpoint file.
+                    keys: Sequence[str] = ('state_dict', ),
+                    allow_unsafe: bool = False) -> Dict[str, Any]:
+    """The whole state dict of a local checkpoint file.
 
     The first of ``keys`` that holds a dict is the state dict (none: the file
     itself); DataParallel ``module.`` prefixes are stripped. Unlike
@@ -79,8 +119,10 @@ def read_state_dict(path: str,
 
     Raises:
         ValueError: the file holds no dict.
+        UnsafeCheckpointError: see :func:`read_checkpoint`
+            (``allow_unsafe`` opts in).
     """
-    state = read_checkpoint(path)
+    state = read_checkpoint(path, allow_unsafe=allow_unsafe)
     if isinstance(state, Mapping):
         for key in keys:
             if isinstance(state.get(key), Mapping):
@@ -145,7 +187,9 @@ def load_checkpoint_strict(model: nn.Module,
                            map_location: Any = 'cpu',
                            hint: str = '',
                            allow_missing: Iterable[str] = (),
-                           logger: str = 'current') -> Dict[str, List[str]]:
+                           logger: str = 'current',
+                           allow_unsafe: bool = False
+                           ) -> Dict[str, List[str]]:
     """Load a checkpoint into ``model`` and fail loudly on any mismatch.
 
     Steps: resolve the file (FileNotFoundError with ``hint`` when missing),
@@ -173,7 +217,8 @@ def load_checkpoint_strict(model: nn.Module,
     if isinstance(checkpoint, str):
         source = checkpoint
         checkpoint = read_checkpoint(
-            resolve_checkpoint_path(checkpoint, hint), map_location)
+            resolve_checkpoint_path(checkpoint, hint), map_location,
+            allow_unsafe=allow_unsafe)
     sd = unwrap_state_dict(checkpoint, prefix)
     if not sd:
         raise CheckpointMismatchError(
@@ -251,9 +296,10 @@ class StrictPretrainedMixin:
                                  'checkpoint=PATH. ' + self.checkpoint_hint)
             if self.init_before_load:
                 self._init_fresh()
-            load_checkpoint_strict(self, cfg['checkpoint'],
-                                   prefix=cfg.get('prefix'),
-                                   hint=self.checkpoint_hint)
+            load_checkpoint_strict(
+                self, cfg['checkpoint'], prefix=cfg.get('prefix'),
+                hint=self.checkpoint_hint,
+                allow_unsafe=bool(cfg.get('allow_unsafe_load', False)))
         else:
             self._init_fresh()
             if cfg is not None:

@@ -1,0 +1,27 @@
+"""Deployment of binary models on bit-packed kernels (plain PyTorch plus the
+C++ extension ``mmseg_didb.deploy._C``; no OpenMMLab import).
+
+* :mod:`.kernels`: sign packing and the XNOR-popcount / AND-popcount GEMMs
+  and the binary convolution, native or pure PyTorch
+  (:func:`kernels_available` says which).
+* :mod:`.layers`: :class:`PackedBinaryLinear` and :class:`PackedBinaryConv2d`,
+  built from trained binary layers with ``from_binary``.
+* :mod:`.convert`: :func:`convert_to_packed`, a whole model (segmentor,
+  backbone, head) on packed layers and packed attention matmuls.
+"""
+from .kernels import (binary_conv2d, binary_linear, binary_matmul,
+                      kernel_variant, kernel_variants, kernels_available,
+                      mask_matmul, pack_bits, pack_conv_input,
+                      pack_conv_weight, pack_signs, set_kernel_variant,
+                      unpack_signs, use_native)
+from .convert import PackedAttentionMatmuls, PackReport, convert_to_packed
+from .layers import InputBinarizer, PackedBinaryConv2d, PackedBinaryLinear
+
+__all__ = [
+    'kernels_available', 'kernel_variant', 'kernel_variants',
+    'set_kernel_variant', 'use_native', 'pack_signs', 'unpack_signs',
+    'pack_bits', 'binary_matmul', 'binary_linear', 'mask_matmul',
+    'pack_conv_input', 'pack_conv_weight', 'binary_conv2d',
+    'InputBinarizer', 'PackedBinaryLinear', 'PackedBinaryConv2d',
+    'convert_to_packed', 'PackedAttentionMatmuls', 'PackReport'
+]

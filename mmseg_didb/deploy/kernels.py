@@ -1,0 +1,340 @@
+"""Bit packing and bit-packed GEMM / convolution kernels, native or PyTorch.
+
+Packing convention (shared by every function here and by the C++ kernels):
+signs are packed along one axis into 64-bit words (``torch.int64``), element
+``k`` in bit ``k % 64`` (least significant first) of word ``k // 64``; a bit
+is 1 for ``x >= 0`` (the binarizers' ``sign(0) = +1``) and 0 for ``x < 0``.
+A length ``K`` that is not a multiple of 64 leaves ``64 * ceil(K / 64) - K``
+padding bits in the last word; they are **0 in every packed operand**, so
+they XOR (and AND) to 0 and the dot products below, computed with the true
+``K``, need no correction for them.
+
+* ``binary_matmul(a, b, K)``: the exact integer dot products of the +-1
+  vectors, ``K - 2 * popcount(a XOR b)`` (XNOR-popcount).
+* ``mask_matmul(m, v, K)``: ``{0, 1}`` mask times +-1 vector,
+  ``2 * popcount(m AND v) - popcount(m)`` (the ``Ab V`` product of binary
+  attention, with ``v`` packed along the key axis).
+* ``binary_conv2d``: a convolution of +-1 inputs (zero padding = 0, which one
+  bit cannot hold: the kernel corrects for it exactly, see the C++ source).
+
+The C++ extension ``mmseg_didb.deploy._C`` (built by the package set-up)
+runs these with hardware popcount picked at run time (AVX-512 VPOPCNTDQ,
+AVX2, POPCNT; the compiler's builtin elsewhere, e.g. ARM NEON), cache
+blocking and ``torch.get_num_threads()`` threads. Without it, the
+pure-PyTorch implementations in this module compute the same results (they
+are also the reference the tests compare the native kernels with).
+:func:`kernels_available` says which path is used.
+"""
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    'kernels_available', 'kernel_variant', 'set_kernel_variant',
+    'kernel_variants', 'use_native', 'pack_signs', 'unpack_signs',
+    'pack_bits', 'binary_matmul', 'binary_linear', 'mask_matmul',
+    'pack_conv_input', 'pack_conv_weight', 'binary_conv2d', 'words_for'
+]
+
+try:  # the extension is optional: PyTorch kernels serve without it
+    from . import _C  # type: ignore
+except ImportError as e:  # pragma: no cover - depends on the build
+    _C = None
+    _IMPORT_ERROR: Optional[str] = str(e)
+else:
+    _IMPORT_ERROR = None
+
+_ENV_DISABLE = 'MMSEG_DIDB_NO_KERNELS'
+_native_on = _C is not None and os.environ.get(_ENV_DISABLE) != '1'
+
+
+def kernels_available() -> bool:
+    """True when the C++ kernels are built, importable and in use."""
+    return _native_on
+
+
+def use_native(flag: bool) -> None:
+    """Switch between the C++ kernels (True) and the PyTorch ones (False).
+
+    Raises:
+        RuntimeError: ``flag=True`` but the extension is not built.
+    """
+    global _native_on
+    if flag and _C is None:
+        raise RuntimeError(
+            'the bit-packed C++ kernels are not built '
+            f'({_IMPORT_ERROR}); run the set-up (bash tools/setup_env.sh, '
+            'or pip install -e . --no-build-isolation) to build them')
+    _native_on = bool(flag)
+
+
+def kernel_variant() -> str:
+    """The kernel variant in use: an instruction set of the C++ kernels
+    ('avx512_vpopcntdq', 'avx2', 'popcnt', 'neon', 'generic') or
+    'pytorch'."""
+    return _C.get_isa() if _native_on else 'pytorch'
+
+
+def kernel_variants() -> List[str]:
+    """Variants of the C++ kernels this CPU can run, best first."""
+    return list(_C.supported_isas()) if _C is not None else []
+
+
+def set_kernel_variant(name: str) -> None:
+    """Force a C++ kernel variant (tests, benchmarks); see
+    :func:`kernel_variants`."""
+    if _C is None:
+        raise RuntimeError('the C++ kernels are not built')
+    _C.set_isa(name)
+
+
+def words_for(k: int) -> int:
+    """64-bit words holding ``k`` bits."""
+    return (int(k) + 63) // 64
+
+
+# --------------------------------------------------------------------------
+# packing
+# --------------------------------------------------------------------------
+_BIT_WEIGHTS = None
+
+
+def _bits_to_words(bits: Tensor) -> Tensor:
+    """(..., K) bool -> (..., Kw) int64 words (PyTorch path)."""
+    global _BIT_WEIGHTS
+    k = bits.shape[-1]
+    kw = words_for(k)
+    pad = kw * 64 - k
+    if pad:
+        bits = F.pad(bits, (0, pad))
+    b = bits.reshape(*bits.shape[:-1], kw, 2, 32).to(torch.int64)
+    if _BIT_WEIGHTS is None:
+        _BIT_WEIGHTS = torch.pow(2, torch.arange(32, dtype=torch.int64))
+    halves = (b * _BIT_WEIGHTS.to(b.device)).sum(-1)  # two 32-bit halves
+    return halves[..., 0] | (halves[..., 1] << 32)
+
+
+def pack_bits(bits: Tensor, dim: int = -1) -> Tensor:
+    """Pack a boolean tensor (True = bit 1) along ``dim`` into int64 words.
+
+    The packed axis keeps its position, with ``ceil(K / 64)`` words.
+    """
+    if bits.dtype != torch.bool:
+        raise TypeError(f'pack_bits expects a bool tensor, got {bits.dtype}')
+    moved = bits.movedim(dim, -1)
+    return _bits_to_words(moved).movedim(-1, dim)
+
+
+def pack_signs(x: Tensor, dim: int = -1) -> Tensor:
+    """Sign bits of ``x`` (1 for ``x >= 0``) packed along ``dim``.
+
+    Args:
+        x: a floating-point tensor.
+        dim: the axis to pack (its length K becomes ``ceil(K / 64)`` words,
+            padding bits 0).
+
+    Returns:
+        int64 tensor of the shape of ``x`` with ``dim`` of length
+        ``ceil(K / 64)``.
+    """
+    if not x.is_floating_point():
+        raise TypeError(f'pack_signs expects a float tensor, got {x.dtype}')
+    moved = x.movedim(dim, -1)
+    lead, k = moved.shape[:-1], moved.shape[-1]
+    if _native_on and x.device.type == 'cpu' and k > 0:
+        flat = moved.reshape(-1, k)
+        out = _C.pack_rows(flat).reshape(*lead, words_for(k))
+    else:
+        out = _bits_to_words(moved >= 0)
+    return out.movedim(-1, dim)
+
+
+def unpack_signs(words: Tensor, k: int, dim: int = -1,
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """Inverse of :func:`pack_signs`: {-1, +1} values of length ``k`` on
+    ``dim``."""
+    moved = words.movedim(dim, -1)
+    shifts = torch.arange(64, device=words.device, dtype=torch.int64)
+    bits = (moved.unsqueeze(-1) >> shifts) & 1
+    bits = bits.reshape(*moved.shape[:-1], -1)[..., :k]
+    return (bits.to(dtype) * 2 - 1).movedim(-1, dim)
+
+
+def _pack_rows(x: Tensor, div: Optional[Tensor], add: Optional[Tensor],
+               rows_per_group: int = 1) -> Tensor:
+    """Rows (R, K): bits of ``x / div + add`` (div, add per column; add may
+    be (G, K) for groups of ``rows_per_group`` rows)."""
+    if add is not None and add.dim() == 1:
+        rows_per_group = x.shape[0]  # one shift for every row
+    if _native_on and x.device.type == 'cpu':
+        return _C.pack_rows(x, div, add, rows_per_group)
+    t = x.float()
+    if div is not None:
+        t = t / div.float()
+    if add is not None:
+        a = add.float().reshape(-1, x.shape[-1])
+        t = (t.reshape(a.shape[0], -1, x.shape[-1]) + a[:, None]).reshape(
+            t.shape)
+    return _bits_to_words(t >= 0)
+
+
+# --------------------------------------------------------------------------
+# GEMMs
+# --------------------------------------------------------------------------
+def _as_batched(t: Tensor) -> Tuple[Tensor, Tuple[int, ...]]:
+    lead = t.shape[:-2]
+    return t.reshape(-1, *t.shape[-2:]), lead
+
+
+def _check_k(kw: int, k: int) -> None:
+    if not 64 * (kw - 1) < k <= 64 * kw:
+        raise ValueError(f'K={k} does not fit {kw} packed words per row')
+
+
+def binary_matmul(a: Tensor, b: Tensor, k: int) -> Tensor:
+    """Exact integer dot products of packed +-1 rows: ``(..., M, N)`` int32.
+
+    Args:
+        a: ``(..., M, Kw)`` packed rows.
+        b: ``(..., N, Kw)`` packed rows (leading dims equal to ``a``'s or
+            absent).
+        k: the true length K of the vectors.
+
+    Returns:
+        ``a_vec @ b_vec.T`` of the +-1 vectors, i.e.
+        ``K - 2 * popcount(a XOR b)``.
+    """
+    _check_k(a.shape[-1], k)
+    if b.shape[-1] != a.shape[-1]:
+        raise ValueError('a and b must have the same number of words')
+    a3, lead = _as_batched(a)
+    b3, _ = _as_batched(b)
+    if b3.shape[0] not in (1, a3.shape[0]):
+        raise ValueError(f'batch of b ({tuple(b.shape[:-2])}) does not match '
+                         f'a ({tuple(a.shape[:-2])})')
+    if _native_on and a.device.type == 'cpu':
+        out = _C.bgemm(a3, b3, k)
+    else:
+        ua = unpack_signs(a3, k, dtype=torch.float64)
+        ub = unpack_signs(b3, k, dtype=torch.float64)
+        out = (ua @ ub.transpose(-1, -2)).round().to(torch.int32)
+    return out.reshape(*lead, a.shape[-2], b.shape[-2])
+
+
+def binary_linear(a: Tensor, b: Tensor, k: int, scale: Tensor,
+                  bias: Optional[Tensor] = None) -> Tensor:
+    """``binary_matmul(a, b, k) * scale + bias`` in float32 (2-D ``a``, ``b``;
+    ``scale`` and ``bias`` per output column), fused in the native kernel."""
+    if _native_on and a.device.type == 'cpu':
+        out = _C.bgemm_scaled(a.unsqueeze(0), b.unsqueeze(0), k, scale, bias)
+        return out[0]
+    dot = binary_matmul(a, b, k).float()
+    out = dot * scale.float()
+    return out + bias.float() if bias is not None else out
+
+
+def mask_matmul(m: Tensor, v: Tensor, k: int) -> Tensor:
+    """``{0, 1}`` mask rows times +-1 rows: ``(..., M, N)`` int32.
+
+    Args:
+        m: ``(..., M, Kw)`` packed masks (bit 1 = selected), e.g. the
+            binarized attention probabilities of M queries over K keys.
+        v: ``(..., N, Kw)`` packed signs along the same K axis, e.g. the
+            binarized values transposed (one row per channel).
+        k: K.
+
+    Returns:
+        ``sum_j m_ij v_nj`` = ``2 * popcount(m AND v) - popcount(m)``.
+    """
+    _check_k(m.shape[-1], k)
+    m3, lead = _as_batched(m)
+    v3, _ = _as_batched(v)
+    if _native_on and m.device.type == 'cpu':
+        out = _C.mask_gemm(m3, v3, k)
+    else:
+        um = (unpack_signs(m3, k, dtype=torch.float64) + 1) / 2
+        uv = unpack_signs(v3, k, dtype=torch.float64)
+        out = (um @ uv.transpose(-1, -2)).round().to(torch.int32)
+    return out.reshape(*lead, m.shape[-2], v.shape[-2])
+
+
+# --------------------------------------------------------------------------
+# convolution
+# --------------------------------------------------------------------------
+def pack_conv_input(x: Tensor, div: Optional[Tensor] = None,
+                    add: Optional[Tensor] = None) -> Tensor:
+    """Channel sign bits of a map: ``(N, C, H, W)`` -> ``(N, H*W, Cw)``.
+
+    The bit of channel ``c`` is ``x / div[c] + add[c] >= 0`` (``add`` may be
+    ``(N, C)``, one shift per image); the same float operations as the
+    PyTorch binarizers, so the bits equal their signs.
+    """
+    if x.dim() != 4:
+        raise ValueError(f'expected (N, C, H, W), got {tuple(x.shape)}')
+    if _native_on and x.device.type == 'cpu':
+        return _C.pack_nchw(x, div, add)
+    n, c, h, w = x.shape
+    t = x.float()
+    if div is not None:
+        t = t / div.float().view(1, c, 1, 1)
+    if add is not None:
+        t = t + add.float().reshape(-1, c, 1, 1)
+    return _bits_to_words((t >= 0).permute(0, 2, 3, 1).reshape(n, h * w, c))
+
+
+def pack_conv_weight(pattern: Tensor) -> Tuple[Tensor, Tensor]:
+    """Packed conv weight and per-tap popcounts from a boolean pattern.
+
+    Args:
+        pattern: ``(O, C, kh, kw)`` bool, True = +1.
+
+    Returns:
+        ``(words (O, kh*kw, Cw), popcount (O, kh*kw) int32)``.
+    """
+    o, c, kh, kw = pattern.shape
+    taps = pattern.permute(0, 2, 3, 1).reshape(o, kh * kw, c)
+    words = _bits_to_words(taps)
+    pop = taps.sum(-1).to(torch.int32)
+    return words, pop
+
+
+def binary_conv2d(xp: Tensor, hw: Sequence[int], wp: Tensor, wpop: Tensor,
+                  channels: int, kernel_size: Sequence[int],
+                  stride: Sequence[int], padding: Sequence[int],
+                  dilation: Sequence[int], scale: Tensor,
+                  bias: Optional[Tensor] = None) -> Tensor:
+    """Convolution of packed +-1 inputs with packed +-1 weights.
+
+    Args:
+        xp: ``(N, H*W, Cw)`` from :func:`pack_conv_input`.
+        hw: ``(H, W)``.
+        wp, wpop: from :func:`pack_conv_weight`.
+        channels: C.
+        kernel_size, stride, padding, dilation: as ``F.conv2d`` (zero
+            padding: the padded input is 0, not +-1).
+        scale, bias: per output channel; the result is
+            ``conv(x_sign, w_sign) * scale + bias``.
+
+    Returns:
+        ``(N, O, H_out, W_out)`` float32.
+    """
+    (h, w), (kh, kw) = hw, kernel_size
+    if _native_on and xp.device.type == 'cpu':
+        return _C.bconv2d(xp, h, w, wp, wpop, channels, kh, kw, stride[0],
+                          stride[1], padding[0], padding[1], dilation[0],
+                          dilation[1], scale, bias)
+    n = xp.shape[0]
+    x = unpack_signs(xp, channels).reshape(n, h, w, channels).permute(
+        0, 3, 1, 2)
+    o = wp.shape[0]
+    wt = unpack_signs(wp, channels).reshape(o, kh, kw, channels).permute(
+        0, 3, 1, 2)
+    y = F.conv2d(x.double(), wt.double(), None, tuple(stride), tuple(padding),
+                 tuple(dilation)).float()
+    y = y * scale.float().view(1, -1, 1, 1)
+    if bias is not None:
+        y = y + bias.float().view(1, -1, 1, 1)
+    return y

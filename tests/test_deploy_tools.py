@@ -1,0 +1,113 @@
+"""The deployment entry points on a tiny trained binary segmentor:
+tools/deploy.py, tools/test.py --packed, tools/analysis/benchmark.py
+--packed, and the packed export round trip."""
+import re
+
+import pytest
+
+from conftest import REPO_ROOT, TINY_CONFIG
+
+# the tiny mmseg config of conftest with the plugin's fully binary model
+BINARY_MODEL = '''
+model = dict(
+    type='BinaryEncoderDecoder',
+    data_preprocessor=dict(
+        type='SegDataPreProcessor',
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True,
+        pad_val=0,
+        seg_pad_val=255,
+        size=crop_size),
+    backbone=dict(
+        type='DIDBSwin',
+        preset='didb',
+        embed_dims=16,
+        depths=(2, 1),
+        num_heads=(1, 2),
+        window_size=4,
+        out_indices=(0, 1),
+        pretrain_img_size=64,
+        drop_path_rate=0.),
+    decode_head=dict(
+        type='BinaryUPerHead',
+        preset='didb',
+        in_channels=[16, 32],
+        in_index=[0, 1],
+        pool_scales=(1, 2),
+        channels=16,
+        num_classes=8,
+        norm_cfg=dict(type='BN', requires_grad=True),
+        align_corners=False,
+        loss_decode=dict(
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+    train_cfg=dict(),
+    test_cfg=dict(mode='whole'))
+'''
+
+
+@pytest.fixture(scope='module')
+def binary_run(tmp_path_factory, texture_data, run_tool):
+    """A tiny fully binary segmentor trained for 2 iterations."""
+    root = tmp_path_factory.mktemp('binary_run')
+    text = TINY_CONFIG.format(
+        dataset_base=str(REPO_ROOT / 'configs' / '_base_' / 'datasets' /
+                         'texture_mosaic.py'),
+        data_root=str(texture_data))
+    start = text.index('model = dict(')
+    end = text.index('optim_wrapper = dict(')
+    config = root / 'tiny_binary.py'
+    config.write_text(text[:start] + BINARY_MODEL + text[end:])
+    run_tool(['tools/train.py', config, '--work-dir', root / 'work'])
+    return config, root / 'work' / 'iter_2.pth'
+
+
+def test_deploy_tool_checks_and_times_the_packed_model(binary_run, run_tool,
+                                                       tmp_path):
+    config, ckpt = binary_run
+    out = tmp_path / 'packed.pth'
+    proc = run_tool(['tools/deploy.py', config, ckpt, '--out', out])
+    text = proc.stdout
+    assert 'check: PASSED' in text
+    agree = float(re.search(r'agreement: ([\d.]+)%', text).group(1))
+    assert agree >= 99.5
+    miou = re.search(r'mIoU fake-quantized ([\d.]+), packed ([\d.]+)', text)
+    assert abs(float(miou.group(1)) - float(miou.group(2))) <= 0.1
+    assert re.search(r'packed [\d.]+ ms, FP counterpart [\d.]+ ms', text)
+    assert 'packed linears' in text and out.is_file()
+    # the 1-bit export deploys too
+    proc = run_tool(['tools/deploy.py', config, out])
+    assert '(packed export)' in proc.stdout
+    assert 'check: PASSED' in proc.stdout
+
+
+def test_test_tool_packed_gives_the_same_metrics(binary_run, run_tool,
+                                                 tmp_path):
+    config, ckpt = binary_run
+    line = re.compile(r'aAcc: ([\d.]+)\s+mIoU: ([\d.]+)\s+mAcc: ([\d.]+)')
+    plain = run_tool(['tools/test.py', config, ckpt, '--work-dir',
+                      tmp_path / 'plain'])
+    packed = run_tool(['tools/test.py', config, ckpt, '--work-dir',
+                       tmp_path / 'packed', '--packed'])
+    assert 'packed inference:' in packed.stdout
+    m0 = [float(v) for v in line.findall(plain.stdout)[-1]]
+    m1 = [float(v) for v in line.findall(packed.stdout)[-1]]
+    assert m0 == pytest.approx(m1, abs=0.1)
+
+
+def test_benchmark_packed_prints_breakdown(binary_run, run_tool):
+    config, _ = binary_run
+    proc = run_tool(['tools/analysis/benchmark.py', config, '--packed',
+                     '--shape', '64', '64', '--repeats', '1', '--warmup',
+                     '0', '--threads-list', '1', '--no-isolate'])
+    text = proc.stdout
+    assert 'tiny_binary (packed)' in text and 'fp (preset=fp)' in text
+    assert 'per-stage breakdown of tiny_binary (packed)' in text
+    rows = re.findall(r'^(backbone\.layers\.\d|decode_head)\s+([\d.]+)\s+'
+                      r'([\d.]+)\s+([\d.]+)$', text, re.M)
+    packed_rows = rows[:3]
+    assert [r[0] for r in packed_rows] == ['backbone.layers.0',
+                                           'backbone.layers.1',
+                                           'decode_head']
+    # binary kernels ran inside every stage of the packed model
+    assert all(float(r[2]) > 0 for r in packed_rows)
