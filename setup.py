@@ -41,11 +41,13 @@ def extensions() -> dict:
 
     # No -march: the code picks AVX-512 / AVX2 / POPCNT variants at run time
     # from what the CPU reports. No FP contraction: packing must round like
-    # PyTorch's binarizers.
+    # PyTorch's binarizers. No strict aliasing: the kernels read the 64-bit
+    # packed words as 32-bit halves.
     ext = CppExtension(
         'mmseg_didb.deploy._C',
         ['mmseg_didb/deploy/csrc/bitpack.cpp'],
-        extra_compile_args=['-O3', '-fopenmp', '-ffp-contract=off'],
+        extra_compile_args=['-O3', '-fopenmp', '-ffp-contract=off',
+                            '-fno-strict-aliasing'],
         extra_link_args=['-fopenmp'])
     return dict(ext_modules=[ext],
                 cmdclass={'build_ext': BuildExtension.with_options(

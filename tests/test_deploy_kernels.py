@@ -1,8 +1,6 @@
 """Bit-packed kernels (every native variant this CPU runs, and the PyTorch
 fallback) against a float reference, and the packed layers against the
 fake-quantized layers they replace."""
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,28 +17,9 @@ from mmseg_didb.deploy import (PackedBinaryConv2d, PackedBinaryLinear,
                                kernels_available, mask_matmul, pack_bits,
                                pack_conv_input, pack_conv_weight, pack_signs,
                                set_kernel_variant, unpack_signs, use_native)
+from kernel_variants import VARIANTS, variant
 
 torch.set_num_threads(2)
-VARIANTS = kernel_variants() + ['pytorch']
-
-
-@contextlib.contextmanager
-def variant(name):
-    """Run with one native variant, or with the PyTorch kernels."""
-    native = kernels_available()
-    best = kernel_variants()[0] if kernel_variants() else None
-    try:
-        if name == 'pytorch':
-            use_native(False)
-        else:
-            use_native(True)
-            set_kernel_variant(name)
-        yield
-    finally:
-        if best is not None:
-            set_kernel_variant(best)
-        if native:
-            use_native(True)
 
 
 def signs(x):

@@ -17,11 +17,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MMSEG_DIDB_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 STAMP="$VENV/.mmseg_didb_setup"
-REQS=(requirements/constraints.txt requirements/runtime.txt
-      requirements/tests.txt requirements/build.txt setup.py
-      mmseg_didb/deploy/csrc/bitpack.cpp)
 
 cd "$ROOT"
+# what the environment is built from: the pins, the build script and the
+# C++ sources of the kernels (a change rebuilds them)
+REQS=(requirements/constraints.txt requirements/runtime.txt
+      requirements/tests.txt requirements/build.txt setup.py
+      mmseg_didb/deploy/csrc/*)
 WANT="$(cat "${REQS[@]}" | sha256sum | cut -d' ' -f1)"
 
 up_to_date() {

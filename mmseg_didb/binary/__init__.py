@@ -6,7 +6,8 @@ preset table shared by every model of the plugin.
 """
 from .haar import haar2d, haar_split, ihaar2d
 from .layers import (BinaryConv2d, BinaryConvUnit, BinaryLinear,
-                     BinaryLinearUnit, ChannelShortcut, ConvBypass, TokenNorm)
+                     BinaryLinearUnit, ChannelShortcut, ConvBypass,
+                     MergeShortcut, TokenNorm)
 from .presets import PRESET_CHOICES, PRESETS, BinaryPreset, resolve_preset
 from .quantizers import (ACT_QUANTIZERS, ATTN_QUANTIZERS, SAB,
                          WEIGHT_QUANTIZERS, ActivationQuantizer, ApproxSign,
@@ -23,9 +24,11 @@ from .switch import (binarization, binarization_state, iter_quantizers,
 
 __all__ = [
     'haar2d', 'ihaar2d', 'haar_split', 'BinaryLinear', 'BinaryConv2d',
-    'ChannelShortcut', 'TokenNorm', 'BinaryLinearUnit', 'ConvBypass',
+    'ChannelShortcut', 'MergeShortcut', 'TokenNorm', 'BinaryLinearUnit',
+    'ConvBypass',
     'BinaryConvUnit', 'BinaryPreset', 'PRESETS', 'PRESET_CHOICES',
-    'resolve_preset', 'PositiveAlpha', 'RunningMagnitude', 'BinaryQuantizer', 'ActivationQuantizer',
+    'resolve_preset', 'PositiveAlpha', 'RunningMagnitude', 'BinaryQuantizer',
+    'ActivationQuantizer',
     'WeightQuantizer', 'AttentionQuantizer', 'sign', 'SignSTE', 'ApproxSign',
     'RSign', 'ElasticSign', 'ASMSign', 'SignWeight', 'ReActWeight',
     'BWNWeight', 'PWSWeight', 'ElasticUnsigned', 'SAB', 'WEIGHT_QUANTIZERS',

@@ -24,7 +24,8 @@ from .quantizers import build_act_quantizer, build_weight_quantizer
 from .rprelu import TokenRPReLU
 
 __all__ = [
-    'BinaryLinear', 'BinaryConv2d', 'ChannelShortcut', 'TokenNorm',
+    'BinaryLinear', 'BinaryConv2d', 'ChannelShortcut', 'MergeShortcut',
+    'TokenNorm',
     'BinaryLinearUnit', 'ConvBypass', 'BinaryConvUnit'
 ]
 
@@ -223,6 +224,32 @@ class ChannelShortcut(nn.Module):
     def extra_repr(self) -> str:
         return (f'{self.in_channels}, {self.out_channels}, mode={self.mode}, '
                 f'channel_dim={self.channel_dim}')
+
+
+class MergeShortcut(nn.Module):
+    """Average-pool shortcut of binary patch merging (DIDBSwin).
+
+    Input: tokens holding the ``4C`` concatenation of each 2x2
+    neighbourhood; output: the 2x2 average of the ``C`` channels
+    (:meth:`pool`), then mapped to the output width by a
+    :class:`ChannelShortcut` (``channels``).
+
+    Args:
+        in_dims: ``C``, the channels of one of the four merged tokens.
+        out_dims: output width.
+    """
+
+    def __init__(self, in_dims: int, out_dims: int) -> None:
+        super().__init__()
+        self.in_dims = in_dims
+        self.channels = ChannelShortcut(in_dims, out_dims, -1)
+
+    def pool(self, x: Tensor) -> Tensor:
+        """``(..., 4C)`` -> ``(..., C)``: the mean of the four tokens."""
+        return x.view(*x.shape[:-1], 4, self.in_dims).mean(dim=-2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.channels(self.pool(x))
 
 
 class TokenNorm(nn.Module):

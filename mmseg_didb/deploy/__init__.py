@@ -6,22 +6,30 @@ C++ extension ``mmseg_didb.deploy._C``; no OpenMMLab import).
   (:func:`kernels_available` says which).
 * :mod:`.layers`: :class:`PackedBinaryLinear` and :class:`PackedBinaryConv2d`,
   built from trained binary layers with ``from_binary``.
+* :mod:`.units`: :class:`PackedBinaryLinearUnit` and
+  :class:`PackedBinaryConvUnit`, whole binary units with their FP tail
+  (norm, shortcut, activation) fused into the kernel.
 * :mod:`.convert`: :func:`convert_to_packed`, a whole model (segmentor,
   backbone, head) on packed layers and packed attention matmuls.
 """
-from .kernels import (binary_conv2d, binary_linear, binary_matmul,
+from .kernels import (UnitEpilogue, binary_conv2d, binary_linear,
+                      binary_linear_unit, binary_matmul,
                       kernel_variant, kernel_variants, kernels_available,
                       mask_matmul, pack_bits, pack_conv_input,
                       pack_conv_weight, pack_signs, set_kernel_variant,
                       unpack_signs, use_native)
-from .convert import PackedAttentionMatmuls, PackReport, convert_to_packed
+from .attention import PackedAttention, PackedAttentionMatmuls
+from .convert import PackReport, convert_to_packed
 from .layers import InputBinarizer, PackedBinaryConv2d, PackedBinaryLinear
+from .units import PackedBinaryConvUnit, PackedBinaryLinearUnit
 
 __all__ = [
     'kernels_available', 'kernel_variant', 'kernel_variants',
     'set_kernel_variant', 'use_native', 'pack_signs', 'unpack_signs',
-    'pack_bits', 'binary_matmul', 'binary_linear', 'mask_matmul',
-    'pack_conv_input', 'pack_conv_weight', 'binary_conv2d',
-    'InputBinarizer', 'PackedBinaryLinear', 'PackedBinaryConv2d',
-    'convert_to_packed', 'PackedAttentionMatmuls', 'PackReport'
+    'pack_bits', 'binary_matmul', 'binary_linear', 'binary_linear_unit',
+    'mask_matmul', 'pack_conv_input', 'pack_conv_weight', 'binary_conv2d',
+    'UnitEpilogue', 'InputBinarizer', 'PackedBinaryLinear',
+    'PackedBinaryConv2d', 'PackedBinaryLinearUnit', 'PackedBinaryConvUnit',
+    'convert_to_packed', 'PackedAttentionMatmuls', 'PackedAttention',
+    'PackReport'
 ]

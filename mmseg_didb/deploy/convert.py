@@ -27,72 +27,15 @@ import copy
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..binary.layers import BinaryConv2d, BinaryLinear
-from .kernels import binary_matmul, mask_matmul, pack_signs
-from .layers import PackedBinaryConv2d, PackedBinaryLinear
+from ..binary.layers import (BinaryConv2d, BinaryConvUnit, BinaryLinear,
+                             BinaryLinearUnit, TokenNorm)
+from .attention import PackedAttentionMatmuls, packed_attention
+from .layers import PackedBinaryConv2d, PackedBinaryLinear, binarizer_on
+from .units import PackedBinaryConvUnit, PackedBinaryLinearUnit
 
 __all__ = ['convert_to_packed', 'PackedAttentionMatmuls', 'PackReport']
-
-
-def _on(q: Optional[nn.Module], kind: str) -> bool:
-    return (q is not None and getattr(q, 'kind', None) == kind
-            and bool(getattr(q, 'enabled', True)))
-
-
-def _magnitude(q: nn.Module) -> float:
-    """The value of +1 after a binarizer: BiT's alpha, else 1."""
-    alpha = getattr(q, 'alpha', None)
-    return float(alpha.detach().reshape(-1)[0]) if alpha is not None else 1.0
-
-
-class PackedAttentionMatmuls(nn.Module):
-    """Bit-packed ``Q K^T`` and ``Ab V`` of a binary attention.
-
-    Installed as ``attention.binary_matmuls`` by :func:`convert_to_packed`;
-    the attention calls :meth:`similarity` per HFSC branch and
-    :meth:`aggregate` instead of its float matmuls. Operands arrive as the
-    binarizers' outputs (``{-m, +m}`` or ``{0, a}``), so packing their signs
-    is exact; the magnitudes are folded into one output scale.
-
-    Args:
-        qk_scales: per branch, the product of the q and k magnitudes, or
-            None when ``Q K^T`` is not binary.
-        av_scale: ``a`` times the v magnitude, or None when ``Ab V`` is not
-            binary.
-        prob_value: the nonzero value ``a`` of the binarized probabilities.
-    """
-
-    def __init__(self, qk_scales: Optional[List[float]],
-                 av_scale: Optional[float], prob_value: float) -> None:
-        super().__init__()
-        self.qk_scales = qk_scales
-        self.av_scale = av_scale
-        self.prob_value = prob_value
-
-    def similarity(self, branch: int, q: Tensor, k: Tensor) -> Tensor:
-        """``q @ k^T`` for ``(..., N, d)`` sign tensors."""
-        if self.qk_scales is None:
-            return q @ k.transpose(-2, -1)
-        d = q.shape[-1]
-        dot = binary_matmul(pack_signs(q), pack_signs(k), d)
-        return dot.to(q.dtype) * self.qk_scales[branch]
-
-    def aggregate(self, attn: Tensor, v: Tensor) -> Tensor:
-        """``attn @ v`` for ``{0, a}`` probabilities and sign values."""
-        if self.av_scale is None:
-            return attn @ v
-        n = attn.shape[-1]
-        # Ab is exactly 0 or a: its bit is Ab - a/2 >= 0
-        mask = pack_signs(attn - 0.5 * self.prob_value)
-        vt = pack_signs(v.transpose(-2, -1))
-        return mask_matmul(mask, vt, n).to(v.dtype) * self.av_scale
-
-    def extra_repr(self) -> str:
-        return (f'qk={"packed" if self.qk_scales else "fp"}, '
-                f'av={"packed" if self.av_scale else "fp"}')
 
 
 @dataclass
@@ -102,37 +45,72 @@ class PackReport:
     convs: List[str] = field(default_factory=list)
     folded_norms: List[str] = field(default_factory=list)
     attentions: List[str] = field(default_factory=list)
+    fused_units: List[str] = field(default_factory=list)
     kept_fp: List[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f'{len(self.linears)} packed linears, {len(self.convs)} '
-                f'packed convs ({len(self.folded_norms)} BatchNorms folded), '
+                f'packed convs ({len(self.folded_norms)} BatchNorms folded, '
+                f'{len(self.fused_units)} units with their FP tail fused), '
                 f'{len(self.attentions)} attentions with packed matmuls, '
                 f'{len(self.kept_fp)} binary-capable layers left FP')
 
 
 def _packable(layer: nn.Module) -> bool:
-    return (_on(getattr(layer, 'weight_quantizer', None), 'weight')
-            and _on(getattr(layer, 'input_quantizer', None), 'activation'))
-
-
-def _attention_matmuls(attn: nn.Module) -> Optional[PackedAttentionMatmuls]:
-    qs, ks, v_q, a_q = attn.matmul_binarizers()
-    qk = None
-    if all(_on(q, 'activation') for q in qs + ks):
-        qk = [_magnitude(q) * _magnitude(k) for q, k in zip(qs, ks)]
-    av = None
-    prob = _magnitude(a_q)
-    if _on(a_q, 'attention') and _on(v_q, 'activation'):
-        av = prob * _magnitude(v_q)
-    if qk is None and av is None:
-        return None
-    return PackedAttentionMatmuls(qk, av, prob)
+    return (binarizer_on(getattr(layer, 'weight_quantizer', None), 'weight')
+            and binarizer_on(getattr(layer, 'input_quantizer', None),
+                             'activation'))
 
 
 def _is_batchnorm(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.batchnorm._BatchNorm) and \
         m.track_running_stats and m.running_mean is not None
+
+
+def _pack_child(parent: nn.Module, name: str, child: nn.Module, full: str,
+                fold_norms: bool, report: PackReport) -> bool:
+    """Replace one child by its packed form; False when it has none (its
+    own children are then visited)."""
+    if isinstance(child, BinaryLinearUnit) and _packable(child.linear) \
+            and PackedBinaryLinearUnit.fusable(child):
+        setattr(parent, name, PackedBinaryLinearUnit.from_unit(child))
+        report.linears.append(f'{full}.linear')
+        report.fused_units.append(full)
+        if isinstance(child.norm, TokenNorm):
+            report.folded_norms.append(f'{full}.norm')
+        return True
+    if isinstance(child, BinaryConvUnit) and _packable(child.conv) \
+            and fold_norms and PackedBinaryConvUnit.fusable(child):
+        setattr(parent, name, PackedBinaryConvUnit.from_unit(child))
+        report.convs.append(f'{full}.conv')
+        report.fused_units.append(full)
+        if _is_batchnorm(child.norm):
+            report.folded_norms.append(f'{full}.norm')
+        return True
+    if isinstance(child, BinaryLinear):
+        if _packable(child):
+            setattr(parent, name, PackedBinaryLinear.from_binary(child))
+            report.linears.append(full)
+        else:
+            report.kept_fp.append(full)
+        return True
+    if isinstance(child, BinaryConv2d):
+        if _packable(child):
+            packed = PackedBinaryConv2d.from_binary(child)
+            setattr(parent, name, packed)
+            report.convs.append(full)
+            norm = getattr(parent, 'norm', None)
+            if (fold_norms and name == 'conv' and norm is not None
+                    and _is_batchnorm(norm)):
+                packed.fold_bn(norm)
+                parent.norm = nn.Identity()
+                report.folded_norms.append(
+                    full.rsplit('.', 1)[0] + '.norm' if '.' in full else
+                    'norm')
+        else:
+            report.kept_fp.append(full)
+        return True
+    return False
 
 
 def convert_to_packed(model: nn.Module, inplace: bool = False,
@@ -144,8 +122,8 @@ def convert_to_packed(model: nn.Module, inplace: bool = False,
     Args:
         model: a trained model (any ``nn.Module``); it is put in eval mode.
         inplace: convert ``model`` itself instead of a deep copy.
-        fold_norms: fold the BatchNorm of each binary conv unit (a module
-            with ``conv`` and ``norm`` children) into the packed conv.
+        fold_norms: fold the BatchNorm of each binary conv unit (and the
+            token BatchNorm of a linear unit) into the packed layer.
         exclude: names of submodules left as they are (with what is under
             them): by default mmseg's auxiliary heads, which only train.
 
@@ -157,39 +135,22 @@ def convert_to_packed(model: nn.Module, inplace: bool = False,
         model = copy.deepcopy(model)
     model.eval()
     report = PackReport()
-    def excluded(name: str) -> bool:
-        return any(name == e or name.startswith(e + '.') for e in exclude)
 
-    for name, module in list(model.named_modules()):
-        if excluded(name):
-            continue
-        for child_name, child in list(module.named_children()):
-            full = f'{name}.{child_name}' if name else child_name
-            if isinstance(child, BinaryLinear):
-                if _packable(child):
-                    packed = PackedBinaryLinear.from_binary(child)
-                    setattr(module, child_name, packed)
-                    report.linears.append(full)
-                else:
-                    report.kept_fp.append(full)
-            elif isinstance(child, BinaryConv2d):
-                if _packable(child):
-                    packed = PackedBinaryConv2d.from_binary(child)
-                    setattr(module, child_name, packed)
-                    report.convs.append(full)
-                    norm = getattr(module, 'norm', None)
-                    if (fold_norms and child_name == 'conv'
-                            and norm is not None and _is_batchnorm(norm)):
-                        packed.fold_bn(norm)
-                        module.norm = nn.Identity()
-                        report.folded_norms.append(f'{name}.norm')
-                else:
-                    report.kept_fp.append(full)
+    def visit(module: nn.Module, prefix: str) -> None:
         if hasattr(module, 'matmul_binarizers') and hasattr(
                 module, 'binary_matmuls'):
-            matmuls = _attention_matmuls(module)
+            matmuls = packed_attention(module)
             if matmuls is not None:
                 module.binary_matmuls = matmuls
-                report.attentions.append(name)
+                report.attentions.append(prefix)
+        for name, child in list(module.named_children()):
+            full = f'{prefix}.{name}' if prefix else name
+            if any(full == e or full.startswith(e + '.') for e in exclude):
+                continue
+            if not _pack_child(module, name, child, full, fold_norms,
+                               report):
+                visit(child, full)
+
+    visit(model, '')
     model.pack_report = report
     return model

@@ -16,6 +16,10 @@ they XOR (and AND) to 0 and the dot products below, computed with the true
   attention, with ``v`` packed along the key axis).
 * ``binary_conv2d``: a convolution of +-1 inputs (zero padding = 0, which one
   bit cannot hold: the kernel corrects for it exactly, see the C++ source).
+* ``binary_linear_unit`` / ``binary_conv2d(..., epilogue=...)``: the scaled
+  products with the FP tail of a binary unit (:class:`UnitEpilogue`: norm,
+  channel shortcut, (R)PReLU and Token RPReLU terms) applied to each output
+  row while it is in cache.
 
 The C++ extension ``mmseg_didb.deploy._C`` (built by the package set-up)
 runs these with hardware popcount picked at run time (AVX-512 VPOPCNTDQ,
@@ -26,7 +30,8 @@ are also the reference the tests compare the native kernels with).
 :func:`kernels_available` says which path is used.
 """
 import os
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass, fields
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +40,9 @@ from torch import Tensor
 __all__ = [
     'kernels_available', 'kernel_variant', 'set_kernel_variant',
     'kernel_variants', 'use_native', 'pack_signs', 'unpack_signs',
-    'pack_bits', 'binary_matmul', 'binary_linear', 'mask_matmul',
-    'pack_conv_input', 'pack_conv_weight', 'binary_conv2d', 'words_for'
+    'pack_bits', 'binary_matmul', 'binary_linear', 'binary_linear_unit',
+    'mask_matmul', 'pack_conv_input', 'pack_conv_weight', 'binary_conv2d',
+    'UnitEpilogue', 'window_attention', 'haar_split_tokens', 'words_for'
 ]
 
 try:  # the extension is optional: PyTorch kernels serve without it
@@ -224,16 +230,124 @@ def binary_matmul(a: Tensor, b: Tensor, k: int) -> Tensor:
     return out.reshape(*lead, a.shape[-2], b.shape[-2])
 
 
+@dataclass
+class UnitEpilogue:
+    """The FP tail of a binary unit, applied to every output row ``y``:
+
+    ``act(norm(y) + shortcut(res))`` with ``norm`` a LayerNorm
+    (``ln_weight``, ``ln_bias``, ``eps``; a BatchNorm is folded into the
+    layer's scale and bias instead), ``shortcut`` the channel map of
+    :class:`~mmseg_didb.binary.ChannelShortcut` applied to the rows ``res``
+    (identity, tiling, group mean with sizes ``res_count``), and ``act``
+    ``PReLU_c(t - gamma_c - g'_n) + zeta_c + z'_n`` (``slope`` given: PReLU;
+    plus ``gamma``/``zeta``: RPReLU; plus ``token_gamma``/``token_zeta``,
+    one value per token of a sample, or ``dyn_gamma``/``dyn_zeta``: Token
+    RPReLU, static or dynamic). Absent fields are skipped.
+
+    :meth:`apply` is the PyTorch implementation (the fallback and the
+    reference of the tests); the C++ kernels run the same operations in the
+    GEMM's write-back.
+    """
+    ln_weight: Optional[Tensor] = None
+    ln_bias: Optional[Tensor] = None
+    eps: float = 1e-5
+    res: Optional[Tensor] = None
+    res_count: Optional[Tensor] = None
+    slope: Optional[Tensor] = None
+    gamma: Optional[Tensor] = None
+    zeta: Optional[Tensor] = None
+    token_gamma: Optional[Tensor] = None
+    token_zeta: Optional[Tensor] = None
+    dyn_gamma: Optional[Tensor] = None
+    dyn_zeta: Optional[Tensor] = None
+
+    def kwargs(self) -> Dict[str, object]:
+        """Keyword arguments of the C++ kernels."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def apply(self, y: Tensor) -> Tensor:
+        """The tail on float rows ``y`` ``(rows, N)``."""
+        n = y.shape[-1]
+        if self.ln_weight is not None:
+            y = F.layer_norm(y, (n, ), self.ln_weight, self.ln_bias,
+                             self.eps)
+        if self.res is not None:
+            y = y + _channel_map(self.res.float(), n, self.res_count)
+        if self.slope is None:
+            return y
+        t = y
+        if self.token_gamma is not None:
+            reps = y.shape[0] // self.token_gamma.numel()
+            tg = self.token_gamma.float().reshape(-1).repeat(reps)[:, None]
+            tz = self.token_zeta.float().reshape(-1).repeat(reps)[:, None]
+            t = t - tg
+        if self.dyn_gamma is not None:
+            mean = y.mean(dim=-1, keepdim=True)
+            t = t - mean * self.dyn_gamma
+        if self.gamma is not None:
+            t = t - self.gamma
+        t = torch.where(t >= 0, t, self.slope * t)
+        if self.zeta is not None:
+            t = t + self.zeta
+        if self.token_gamma is not None:
+            t = t + tz
+        if self.dyn_gamma is not None:
+            t = t + mean * self.dyn_zeta
+        return t
+
+
+def _channel_map(x: Tensor, n: int, count: Optional[Tensor]) -> Tensor:
+    """ChannelShortcut's map of ``(rows, C)`` to ``n`` channels: identity,
+    cyclic tiling or the mean of the groups ``{j, j + n, ...}``."""
+    c = x.shape[-1]
+    if c == n:
+        return x
+    if c < n:
+        return x[:, torch.arange(n, device=x.device) % c]
+    groups = -(-c // n)
+    padded = F.pad(x, (0, groups * n - c)).reshape(-1, groups, n).sum(1)
+    if count is None:
+        return padded / groups
+    return padded / count.to(x)
+
+
 def binary_linear(a: Tensor, b: Tensor, k: int, scale: Tensor,
                   bias: Optional[Tensor] = None) -> Tensor:
     """``binary_matmul(a, b, k) * scale + bias`` in float32 (2-D ``a``, ``b``;
     ``scale`` and ``bias`` per output column), fused in the native kernel."""
-    if _native_on and a.device.type == 'cpu':
-        out = _C.bgemm_scaled(a.unsqueeze(0), b.unsqueeze(0), k, scale, bias)
-        return out[0]
-    dot = binary_matmul(a, b, k).float()
-    out = dot * scale.float()
-    return out + bias.float() if bias is not None else out
+    return binary_linear_unit(a, k, b, scale, bias)
+
+
+def binary_linear_unit(x: Tensor, k: int, weight: Tensor, scale: Tensor,
+                       bias: Optional[Tensor] = None,
+                       div: Optional[Tensor] = None,
+                       add: Optional[Tensor] = None, rows_per_group: int = 1,
+                       epilogue: Optional[UnitEpilogue] = None) -> Tensor:
+    """A binary linear (unit) on rows: ``epilogue(dot * scale + bias)``.
+
+    Args:
+        x: ``(rows, K)`` float rows, binarized and packed on the fly with the
+            bit of ``x / div + add >= 0`` (``div`` per column, ``add`` per
+            column or ``(groups, K)`` for groups of ``rows_per_group``
+            rows), or ``(rows, Kw)`` packed words.
+        k: K, the input features.
+        weight: ``(N, Kw)`` packed weight rows.
+        scale, bias: per output (``a_in * a_r`` and the layer bias).
+        epilogue: the unit's FP tail, or None.
+
+    Returns:
+        ``(rows, N)`` float32.
+    """
+    if _native_on and x.device.type == 'cpu':
+        ep = epilogue.kwargs() if epilogue is not None else {}
+        return _C.linear_unit(x, k, div, add, rows_per_group, weight, scale,
+                              bias, **ep)
+    bits = x if not x.is_floating_point() else _pack_rows(
+        x, div, add, rows_per_group)
+    y = binary_matmul(bits, weight, k).float() * scale.float()
+    if bias is not None:
+        y = y + bias.float()
+    return epilogue.apply(y) if epilogue is not None else y
 
 
 def mask_matmul(m: Tensor, v: Tensor, k: int) -> Tensor:
@@ -305,7 +419,8 @@ def binary_conv2d(xp: Tensor, hw: Sequence[int], wp: Tensor, wpop: Tensor,
                   channels: int, kernel_size: Sequence[int],
                   stride: Sequence[int], padding: Sequence[int],
                   dilation: Sequence[int], scale: Tensor,
-                  bias: Optional[Tensor] = None) -> Tensor:
+                  bias: Optional[Tensor] = None,
+                  epilogue: Optional[UnitEpilogue] = None) -> Tensor:
     """Convolution of packed +-1 inputs with packed +-1 weights.
 
     Args:
@@ -317,15 +432,25 @@ def binary_conv2d(xp: Tensor, hw: Sequence[int], wp: Tensor, wpop: Tensor,
             padding: the padded input is 0, not +-1).
         scale, bias: per output channel; the result is
             ``conv(x_sign, w_sign) * scale + bias``.
+        epilogue: a unit's FP tail applied per output pixel (its ``res``
+            rows are the output pixels in channels-last order; no token
+            terms).
 
     Returns:
-        ``(N, O, H_out, W_out)`` float32.
+        ``(N, O, H_out, W_out)`` float32 in channels-last memory (a row of
+        channels per pixel).
     """
     (h, w), (kh, kw) = hw, kernel_size
+    if epilogue is not None and (epilogue.token_gamma is not None
+                                 or epilogue.dyn_gamma is not None):
+        raise ValueError('convolutions have no token terms')
     if _native_on and xp.device.type == 'cpu':
-        return _C.bconv2d(xp, h, w, wp, wpop, channels, kh, kw, stride[0],
-                          stride[1], padding[0], padding[1], dilation[0],
-                          dilation[1], scale, bias)
+        ep = {} if epilogue is None else {
+            k: v for k, v in epilogue.kwargs().items()
+            if not k.startswith(('token_', 'dyn_'))}
+        return _C.conv_unit(xp, h, w, wp, wpop, channels, kh, kw, stride[0],
+                            stride[1], padding[0], padding[1], dilation[0],
+                            dilation[1], scale, bias, **ep)
     n = xp.shape[0]
     x = unpack_signs(xp, channels).reshape(n, h, w, channels).permute(
         0, 3, 1, 2)
@@ -337,4 +462,57 @@ def binary_conv2d(xp: Tensor, hw: Sequence[int], wp: Tensor, wpop: Tensor,
     y = y * scale.float().view(1, -1, 1, 1)
     if bias is not None:
         y = y + bias.float().view(1, -1, 1, 1)
+    y = y.contiguous(memory_format=torch.channels_last)
+    if epilogue is not None:
+        rows = epilogue.apply(y.permute(0, 2, 3, 1).reshape(-1, o))
+        y = rows.reshape(n, y.shape[2], y.shape[3], o).permute(0, 3, 1, 2)
     return y
+
+
+# --------------------------------------------------------------------------
+# attention core (native only: without the extension the attention runs its
+# own PyTorch path with binary_matmul / mask_matmul)
+# --------------------------------------------------------------------------
+def _need_native(what: str) -> None:
+    if not _native_on:
+        raise RuntimeError(f'{what} needs the C++ kernels (kernels_available() '
+                           'is False); the attention modules fall back to '
+                           'their PyTorch path without them')
+
+
+def window_attention(q: Sequence[Tensor], k: Sequence[Tensor], v: Tensor,
+                     heads: int, dqk: int, dv: int, h: int, w: int,
+                     extra: int, wh: int, ww: int, sh: int, sw: int,
+                     qk_scale: Sequence[float], scale: float,
+                     mix: Optional[Tensor], bias: Optional[Tensor],
+                     mask: Optional[Tensor], prob_mode: int, prob_a: float,
+                     prob_ratio: float, av_scale: float, v_mag: float,
+                     diba_scale: Optional[Tensor],
+                     diba_local_scale: Optional[Tensor]) -> Tensor:
+    """The binary (window) attention core on packed token maps.
+
+    ``q``, ``k``: per HFSC branch ``(B, N, Kw)`` packed signs of the
+    binarized queries / keys (``dqk`` channels per head, a multiple of 32),
+    ``v``: ``(B, N, Kw)`` value signs (``dv`` per head); windows
+    ``(wh, ww)`` with cyclic shift ``(sh, sw)`` on the ``h x w`` grid
+    (``wh = 0``: one global window, ``extra`` leading tokens), ``bias``
+    ``(heads, Nw, Nw)``, ``mask`` ``(windows, Nw, Nw)``. Returns the
+    attention output before ``proj``, ``(B, N, heads * dv)`` float32: see
+    ``csrc/attention.h`` and docs/method.md (section 3).
+    """
+    _need_native('window_attention')
+    return _C.window_attention(
+        list(q), list(k), v, heads, dqk, dv, h, w, extra, wh, ww, sh, sw,
+        [float(s) for s in qk_scale], float(scale), mix, bias, mask,
+        prob_mode, float(prob_a), float(prob_ratio), float(av_scale),
+        float(v_mag), diba_scale, diba_local_scale)
+
+
+def haar_split_tokens(x: Tensor, h: int, w: int, extra: int = 0,
+                      low: int = 0) -> List[Tensor]:
+    """HFSC band split of a token map ``(B, extra + h*w, C)``: ``[X_L,
+    X_H]`` with ``X_L`` the local 2x2 mean (``low=0``) or the Haar LL
+    (``low=1``), the float operations of
+    :func:`mmseg_didb.binary.haar_split`; extra tokens go to both."""
+    _need_native('haar_split_tokens')
+    return list(_C.haar_split_tokens(x, h, w, extra, low))

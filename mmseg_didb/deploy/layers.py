@@ -11,7 +11,7 @@ bits), and one XNOR-popcount kernel gives ``dot * a_in * a_r + bias``. A
 ``BatchNorm`` that follows the layer folds into that output scale and bias
 (:meth:`PackedBinaryConv2d.fold_bn`).
 """
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,13 +19,17 @@ from torch import Tensor, nn
 
 from ..binary.quantizers import (ApproxSign, ASMSign, ElasticSign, RSign,
                                  SignSTE)
-from .kernels import (binary_conv2d, binary_linear, pack_conv_input,
-                      pack_conv_weight, pack_bits, _pack_rows)
+from .kernels import (UnitEpilogue, binary_conv2d, binary_linear_unit,
+                      pack_bits, pack_conv_input, pack_conv_weight,
+                      _pack_rows)
 
-__all__ = ['PackedBinaryLinear', 'PackedBinaryConv2d', 'InputBinarizer']
+__all__ = ['PackedBinaryLinear', 'PackedBinaryConv2d', 'InputBinarizer',
+           'binarizer_on']
 
 
-def _enabled(q: Optional[nn.Module], kind: str) -> bool:
+def binarizer_on(q: Optional[nn.Module], kind: str) -> bool:
+    """True for an enabled binarizer of ``kind`` ('weight', 'activation',
+    'attention')."""
     return (q is not None and getattr(q, 'kind', None) == kind
             and bool(getattr(q, 'enabled', True)))
 
@@ -44,7 +48,7 @@ class InputBinarizer(nn.Module):
 
     def __init__(self, quantizer: nn.Module) -> None:
         super().__init__()
-        if not _enabled(quantizer, 'activation'):
+        if not binarizer_on(quantizer, 'activation'):
             raise ValueError('the layer has no enabled input binarizer: its '
                              'inputs are not binary, so it cannot run on '
                              'bit-packed kernels')
@@ -83,19 +87,36 @@ class InputBinarizer(nn.Module):
         mean = mean.reshape(t.shape[0], -1)
         return self.shift + self.asm_k * mean
 
-    def pack_tokens(self, x: Tensor) -> Tensor:
-        """``(B, ..., K)`` -> packed rows ``(B * ..., Kw)`` (channels last)."""
+    def rows_rule(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor],
+                                            Optional[Tensor], int]:
+        """How to binarize the channels-last rows of ``x`` ``(B, ..., K)``.
+
+        Returns:
+            ``(rows, div, add, rows_per_group)``: the bit of a row element
+            is ``rows / div + add >= 0``, ``add`` per channel or ``(B, K)``
+            for the ``rows_per_group`` rows of each sample (ASM).
+        """
         k = x.shape[-1]
         rows = x.reshape(-1, k)
         if not self.asm:
-            return _pack_rows(rows, self.divisor, self.shift)
+            return rows, self.divisor, self.shift, 1
         t = x if self.divisor is None else x / self.divisor.to(x.dtype)
-        add = -self.asm_shift(t, -1)  # (B, K)
-        return _pack_rows(t.reshape(-1, k), None, add,
-                          rows.shape[0] // x.shape[0])
+        # channels-last: the statistics are over every axis but B and K
+        add = -self.asm_shift(t.reshape(x.shape[0], -1, k), -1)
+        return t.reshape(-1, k), None, add, rows.shape[0] // x.shape[0]
+
+    def pack_tokens(self, x: Tensor) -> Tensor:
+        """``(B, ..., K)`` -> packed rows ``(B * ..., Kw)`` (channels last)."""
+        rows, div, add, per = self.rows_rule(x)
+        return _pack_rows(rows, div, add, per)
 
     def pack_maps(self, x: Tensor) -> Tensor:
-        """``(N, C, H, W)`` -> ``(N, H*W, Cw)`` channel bits."""
+        """``(N, C, H, W)`` -> ``(N, H*W, Cw)`` channel bits (from NCHW or
+        channels-last memory)."""
+        if x.is_contiguous(memory_format=torch.channels_last) and \
+                not x.is_contiguous():
+            n, c, h, w = x.shape
+            return self.pack_tokens(x.permute(0, 2, 3, 1)).view(n, h * w, -1)
         if not self.asm:
             return pack_conv_input(x, self.divisor, self.shift)
         t = x if self.divisor is None else x / self.divisor.to(
@@ -106,7 +127,7 @@ class InputBinarizer(nn.Module):
 def _weight_bits_and_scale(layer: nn.Module) -> Tuple[Tensor, Tensor]:
     """The trained layer's weight pattern (True = +1) and per-row scale."""
     q = layer.weight_quantizer
-    if not _enabled(q, 'weight'):
+    if not binarizer_on(q, 'weight'):
         raise ValueError('the layer has no enabled weight binarizer: its '
                          'weights are not binary, so it cannot run on '
                          'bit-packed kernels')
@@ -142,6 +163,22 @@ class _PackedLayer(nn.Module):
         """``a_in * a_r`` per output: what multiplies the integer dot."""
         return self.scale * self.binarizer.out_scale
 
+    def fold_bn(self, bn: nn.Module) -> None:
+        """Fold an eval-mode BatchNorm (any dimension) that follows this
+        layer into the output scale and bias: ``BN(s * dot + b) = (s g) dot + (b - mu) g +
+        beta`` with ``g = gamma / sqrt(var + eps)``."""
+        if bn.running_mean is None or not bn.track_running_stats:
+            raise ValueError('can only fold a BatchNorm with running stats')
+        g = bn.running_var.detach().float().add(bn.eps).rsqrt()
+        if bn.weight is not None:
+            g = g * bn.weight.detach().float()
+        b = (torch.zeros_like(g) if self.bias is None else self.bias)
+        b = (b - bn.running_mean.detach().float()) * g
+        if bn.bias is not None:
+            b = b + bn.bias.detach().float()
+        self.scale = self.scale * g
+        self.bias = b
+
 
 class PackedBinaryLinear(_PackedLayer):
     """Inference linear on packed signs: ``dot(x_b, w_b) * a_in a_r + b``.
@@ -172,11 +209,17 @@ class PackedBinaryLinear(_PackedLayer):
         if x.shape[-1] != self.in_features:
             raise ValueError(f'expected {self.in_features} input features, '
                              f'got shape {tuple(x.shape)}')
-        lead = x.shape[:-1]
-        bits = self.binarizer.pack_tokens(x)
-        y = binary_linear(bits, self.weight_words, self.in_features,
-                          self.output_scale(), self.bias)
-        return y.reshape(*lead, self.out_features).to(x.dtype)
+        return self.forward_rows(x).reshape(
+            *x.shape[:-1], self.out_features).to(x.dtype)
+
+    def forward_rows(self, x: Tensor,
+                     epilogue: Optional[UnitEpilogue] = None) -> Tensor:
+        """``(B, ..., K)`` -> ``(rows, N)`` float32 rows, with an optional
+        unit tail fused into the kernel's write-back."""
+        rows, div, add, per = self.binarizer.rows_rule(x)
+        return binary_linear_unit(rows, self.in_features, self.weight_words,
+                                  self.output_scale(), self.bias, div, add,
+                                  per, epilogue)
 
     def extra_repr(self) -> str:
         return (f'in_features={self.in_features}, out_features='
@@ -240,23 +283,18 @@ class PackedBinaryConv2d(_PackedLayer):
                    _pair(layer.stride), _pair(padding), dilation, words, pop,
                    scale, layer.bias, InputBinarizer(layer.input_quantizer))
 
-    def fold_bn(self, bn: nn.BatchNorm2d) -> None:
-        """Fold an eval-mode BatchNorm that follows this layer into the
-        output scale and bias: ``BN(s * dot + b) = (s g) dot + (b - mu) g +
-        beta`` with ``g = gamma / sqrt(var + eps)``."""
-        if bn.running_mean is None or not bn.track_running_stats:
-            raise ValueError('can only fold a BatchNorm with running stats')
-        g = bn.running_var.detach().float().add(bn.eps).rsqrt()
-        if bn.weight is not None:
-            g = g * bn.weight.detach().float()
-        b = (torch.zeros_like(g) if self.bias is None else self.bias)
-        b = (b - bn.running_mean.detach().float()) * g
-        if bn.bias is not None:
-            b = b + bn.bias.detach().float()
-        self.scale = self.scale * g
-        self.bias = b
+    def output_size(self, hw: Sequence[int]) -> Tuple[int, int]:
+        """Output ``(H, W)`` for an input of ``hw``."""
+        return tuple(
+            (s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in zip(
+                hw, self.padding, self.dilation, self.kernel_size,
+                self.stride))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor,
+                epilogue: Optional[UnitEpilogue] = None) -> Tensor:
+        """``(N, C, H, W)`` -> ``(N, O, Ho, Wo)`` in channels-last memory,
+        with an optional unit tail fused into the kernel's write-back (its
+        ``res`` rows are the output pixels in channels-last order)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'expected (N, {self.in_channels}, H, W), got '
                              f'{tuple(x.shape)}')
@@ -264,7 +302,7 @@ class PackedBinaryConv2d(_PackedLayer):
         y = binary_conv2d(bits, x.shape[-2:], self.weight_words,
                           self.weight_pop, self.in_channels, self.kernel_size,
                           self.stride, self.padding, self.dilation,
-                          self.output_scale(), self.bias)
+                          self.output_scale(), self.bias, epilogue)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -1,32 +1,48 @@
-// PyTorch bindings of the bit-packed kernels (bitpack_kernels.h): argument
-// checks, shapes, epilogues and multi-threading with ATen's parallel_for,
-// i.e. torch.get_num_threads() threads. See bitpack_kernels.h for the bit
-// layout and the kernel variants (chosen at run time from what the CPU
-// reports).
+// PyTorch bindings of the bit-packed kernels: argument checks, shapes, the
+// row-block driver shared by linear and convolution, and multi-threading
+// with ATen's parallel_for, i.e. torch.get_num_threads() threads. See
+// bitpack_kernels.h for the bit layout and the kernel variants (chosen at
+// run time from what the CPU reports), panel_gemm.h for the AVX-512 GEMM
+// and unit_epilogue.h for the fused FP tail of a binary unit.
 //
-// A binary convolution runs as an implicit GEMM: the row of an output pixel
-// is the list of its kh*kw input pixels (each Cw words). A tap in the zero
-// padding points at a row of zero words; its XOR with the weight then counts
-// popcount(w_tap), which the epilogue removes again (per output channel and
-// tap, precomputed), and that pixel's length is the number of valid taps
-// times C: the result equals a convolution of the {-1, +1} input padded
-// with 0, exactly.
+// Driver: the output rows (tokens of a linear, output pixels of a
+// convolution) are cut into blocks; per block, on one thread, the rows'
+// packed inputs are gathered (a linear packs its float rows here, while
+// they are in cache), the GEMM writes dot * scale + bias into the output
+// rows, and the unit epilogue (norm, shortcut, activation) rewrites them
+// in place.
+//
+// A binary convolution is an implicit GEMM: the row of an output pixel is
+// the list of its kh*kw input pixels (each Cw words). A tap in the zero
+// padding points at a row of zero words; its XOR with the weight then
+// counts popcount(w_tap), which the epilogue removes again (per output
+// channel and tap, precomputed), and that pixel's length is the number of
+// valid taps times C: the result equals a convolution of the {-1, +1}
+// input padded with 0, exactly. Convolution outputs are channels-last
+// (one contiguous row of channels per pixel, like a linear's tokens).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "attention.h"
 #include "bitpack_kernels.h"
+#include "panel_gemm.h"
+#include "unit_epilogue.h"
 
 namespace {
 
 using didb::u64;
-using didb::gemm_rows;
 
 const int kBestIsa = didb::detect_isa();
 int g_isa = kBestIsa;
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "the packed layout reads 64-bit words as 32-bit halves");
 
 void check_words(const at::Tensor& t, const char* name, int64_t dims) {
   TORCH_CHECK(t.scalar_type() == at::kLong, name,
@@ -40,6 +56,21 @@ inline const u64* words(const at::Tensor& t) {
   return reinterpret_cast<const u64*>(t.data_ptr<int64_t>());
 }
 
+// A float32 contiguous copy (or the tensor itself) of an optional vector
+// argument with `numel` elements; undefined when absent.
+at::Tensor opt_vec(const c10::optional<at::Tensor>& t, int64_t numel,
+                   const char* name) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  at::Tensor v = t->to(at::kFloat).contiguous();
+  TORCH_CHECK(numel < 0 || v.numel() == numel, name, " must have ", numel,
+              " elements, got ", v.numel());
+  return v;
+}
+
+inline const float* ptr(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<float>() : nullptr;
+}
+
 // ------------------------------------------------------------- packing
 using PackRowFn = void (*)(int, const float*, int64_t, const float*,
                            const float*, u64*);
@@ -49,6 +80,36 @@ PackRowFn pick_pack_row(bool div, bool add) {
   return add ? didb::pack_row<false, true> : didb::pack_row<false, false>;
 }
 
+// Sign bits of x / div + add: div (K,) or none, add (K,) or (groups, K)
+// for consecutive groups of rows_per_group rows.
+struct RowPacker {
+  at::Tensor div, add;
+  int64_t k = 0, kw = 0, rows_per_group = 1;
+  PackRowFn fn = nullptr;
+
+  RowPacker(int64_t rows, int64_t k_, const c10::optional<at::Tensor>& div_in,
+            const c10::optional<at::Tensor>& add_in, int64_t rpg)
+      : k(k_), kw((k_ + 63) / 64), rows_per_group(rpg) {
+    div = opt_vec(div_in, k, "div");
+    add = opt_vec(add_in, -1, "add");
+    if (add.defined()) {
+      TORCH_CHECK(add.numel() % k == 0, "add must be (K,) or (groups, K)");
+      const int64_t groups = add.numel() / k;
+      if (groups == 1) rows_per_group = std::max<int64_t>(rows, 1);
+      TORCH_CHECK(rows_per_group > 0 && groups * rows_per_group == rows,
+                  "add: groups * rows_per_group must equal the rows");
+    }
+    fn = pick_pack_row(div.defined(), add.defined());
+  }
+
+  void pack(int isa, const float* x, int64_t row, u64* out) const {
+    const float* a = add.defined()
+                         ? add.data_ptr<float>() + (row / rows_per_group) * k
+                         : nullptr;
+    fn(isa, x, k, ptr(div), a, out);
+  }
+};
+
 at::Tensor pack_rows(const at::Tensor& x_in,
                      const c10::optional<at::Tensor>& div_in,
                      const c10::optional<at::Tensor>& add_in,
@@ -56,33 +117,16 @@ at::Tensor pack_rows(const at::Tensor& x_in,
   TORCH_CHECK(x_in.dim() == 2, "pack_rows expects (rows, K)");
   TORCH_CHECK(x_in.device().is_cpu(), "pack_rows: CPU tensors only");
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
-  const int64_t r = x.size(0), k = x.size(1), kw = (k + 63) / 64;
-  at::Tensor div, add;
-  if (div_in.has_value() && div_in->defined()) {
-    div = div_in->to(at::kFloat).contiguous();
-    TORCH_CHECK(div.numel() == k, "pack_rows: div must have K elements");
-  }
-  if (add_in.has_value() && add_in->defined()) {
-    add = add_in->to(at::kFloat).contiguous();
-    TORCH_CHECK(add.numel() % k == 0, "pack_rows: add must be (groups, K)");
-    const int64_t groups = add.numel() / k;
-    if (groups == 1) rows_per_group = std::max<int64_t>(r, 1);
-    TORCH_CHECK(rows_per_group > 0 && groups * rows_per_group == r,
-                "pack_rows: groups * rows_per_group must equal the rows");
-  }
-  at::Tensor out = at::empty({r, kw}, x.options().dtype(at::kLong));
+  const int64_t r = x.size(0), k = x.size(1);
+  const RowPacker pk(r, k, div_in, add_in, rows_per_group);
+  at::Tensor out = at::empty({r, pk.kw}, x.options().dtype(at::kLong));
   const float* xp = x.data_ptr<float>();
-  const float* dp = div.defined() ? div.data_ptr<float>() : nullptr;
-  const float* ap = add.defined() ? add.data_ptr<float>() : nullptr;
   u64* op = reinterpret_cast<u64*>(out.data_ptr<int64_t>());
-  const PackRowFn fn = pick_pack_row(dp != nullptr, ap != nullptr);
   const int isa = g_isa;
   at::parallel_for(0, r, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)),
                    [&](int64_t r0, int64_t r1) {
                      for (int64_t i = r0; i < r1; ++i)
-                       fn(isa, xp + i * k, k, dp,
-                          ap ? ap + (i / rows_per_group) * k : nullptr,
-                          op + i * kw);
+                       pk.pack(isa, xp + i * k, i, op + i * pk.kw);
                    });
   return out;
 }
@@ -97,21 +141,15 @@ at::Tensor pack_nchw(const at::Tensor& x_in,
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
   const int64_t n = x.size(0), c = x.size(1), hw = x.size(2) * x.size(3);
   const int64_t cw = (c + 63) / 64;
-  at::Tensor div, add;
-  if (div_in.has_value() && div_in->defined()) {
-    div = div_in->to(at::kFloat).contiguous();
-    TORCH_CHECK(div.numel() == c, "pack_nchw: div must have C elements");
-  }
-  if (add_in.has_value() && add_in->defined()) {
-    add = add_in->to(at::kFloat).contiguous();
-    TORCH_CHECK(add.numel() == c || add.numel() == n * c,
-                "pack_nchw: add must be (C,) or (N, C)");
-  }
+  const at::Tensor div = opt_vec(div_in, c, "div");
+  const at::Tensor add = opt_vec(add_in, -1, "add");
+  TORCH_CHECK(!add.defined() || add.numel() == c || add.numel() == n * c,
+              "pack_nchw: add must be (C,) or (N, C)");
   const bool add_per_image = add.defined() && add.numel() == n * c;
   at::Tensor out = at::empty({n, hw, cw}, x.options().dtype(at::kLong));
   const float* xp = x.data_ptr<float>();
-  const float* dp = div.defined() ? div.data_ptr<float>() : nullptr;
-  const float* ap = add.defined() ? add.data_ptr<float>() : nullptr;
+  const float* dp = ptr(div);
+  const float* ap = ptr(add);
   u64* op = reinterpret_cast<u64*>(out.data_ptr<int64_t>());
   const int isa = g_isa;
   const int64_t pix_blocks = (hw + 63) / 64;  // 64 pixels per task
@@ -135,14 +173,12 @@ at::Tensor pack_nchw(const at::Tensor& x_in,
   return out;
 }
 
-// ------------------------------------------------------------ GEMMs
-// Batched: a (B, M, Kw), b (B or 1, N, Kw) -> (B, M, N).
-//   mode "xor_int":   int32 K - 2 pop(a ^ b)
-//   mode "and_int":   int32 2 pop(a & b) - pop(a)
-//   mode "xor_float": float (K - 2 pop(a ^ b)) * scale[n] + bias[n]
-at::Tensor bgemm_impl(const at::Tensor& a_in, const at::Tensor& b_in, int64_t k,
-                      int op, const c10::optional<at::Tensor>& scale_in,
-                      const c10::optional<at::Tensor>& bias_in) {
+// ------------------------------------------------- integer GEMMs (attention)
+// Batched: a (B, M, Kw), b (B or 1, N, Kw) -> (B, M, N) int32:
+//   op 0: K - 2 pop(a ^ b)            (+-1 . +-1)
+//   op 1: 2 pop(a & b) - pop(a)       ({0, 1} . +-1)
+at::Tensor int_gemm(const at::Tensor& a_in, const at::Tensor& b_in, int64_t k,
+                    int op) {
   check_words(a_in, "a", 3);
   check_words(b_in, "b", 3);
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
@@ -154,28 +190,13 @@ at::Tensor bgemm_impl(const at::Tensor& a_in, const at::Tensor& b_in, int64_t k,
               "b must have the batch size of a, or 1");
   TORCH_CHECK(k > 64 * (kw - 1) && k <= 64 * kw,
               "K=", k, " does not fit ", kw, " words per row");
-  const bool to_float = scale_in.has_value() && scale_in->defined();
-  at::Tensor scale, bias;
-  if (to_float) {
-    scale = scale_in->to(at::kFloat).contiguous();
-    TORCH_CHECK(scale.numel() == n, "scale must have N elements");
-    if (bias_in.has_value() && bias_in->defined()) {
-      bias = bias_in->to(at::kFloat).contiguous();
-      TORCH_CHECK(bias.numel() == n, "bias must have N elements");
-    }
-  }
-  at::Tensor out = to_float ? at::empty({bsz, m, n}, a.options().dtype(at::kFloat))
-                            : at::empty({bsz, m, n}, a.options().dtype(at::kInt));
+  at::Tensor out = at::empty({bsz, m, n}, a.options().dtype(at::kInt));
   const u64* ap = words(a);
   const u64* bp = words(b);
-  const float* sp = to_float ? scale.data_ptr<float>() : nullptr;
-  const float* bip = bias.defined() ? bias.data_ptr<float>() : nullptr;
   const std::vector<u64> zero(std::max<int64_t>(kw, 1), 0);
   const int isa = g_isa;
-  // tasks: (batch, block of 64 rows)
-  const int64_t rblk = 64;
+  const int64_t rblk = 64;  // tasks: (batch, block of 64 rows)
   const int64_t nblk = (m + rblk - 1) / rblk;
-  // the and-GEMM needs pop(a) per row
   at::parallel_for(0, bsz * nblk, 1, [&](int64_t t0, int64_t t1) {
     std::vector<const u64*> rows(rblk);
     std::vector<int64_t> rowpop(rblk);
@@ -192,28 +213,19 @@ at::Tensor bgemm_impl(const at::Tensor& a_in, const at::Tensor& b_in, int64_t k,
         }
       }
       const u64* bb = bp + (b.size(0) == 1 ? 0 : bi) * n * kw;
-      if (to_float) {
-        float* o = out.data_ptr<float>() + (bi * m + i0) * n;
-        gemm_rows<0>(isa, rows.data(), mi, 1, kw, bb, n, zero.data(),
-                     [&](int64_t i, int64_t j, u64 pop) {
-                       const float dot =
-                           static_cast<float>(k - 2 * static_cast<int64_t>(pop));
-                       o[i * n + j] = bip ? dot * sp[j] + bip[j] : dot * sp[j];
-                     });
-      } else if (op == 0) {
-        int32_t* o = out.data_ptr<int32_t>() + (bi * m + i0) * n;
-        gemm_rows<0>(isa, rows.data(), mi, 1, kw, bb, n, zero.data(),
-                     [&](int64_t i, int64_t j, u64 pop) {
-                       o[i * n + j] =
-                           static_cast<int32_t>(k - 2 * static_cast<int64_t>(pop));
-                     });
+      int32_t* o = out.data_ptr<int32_t>() + (bi * m + i0) * n;
+      if (op == 0) {
+        didb::gemm_rows<0>(isa, rows.data(), mi, 1, kw, bb, n, zero.data(),
+                           [&](int64_t i, int64_t j, u64 pop) {
+                             o[i * n + j] = static_cast<int32_t>(
+                                 k - 2 * static_cast<int64_t>(pop));
+                           });
       } else {
-        int32_t* o = out.data_ptr<int32_t>() + (bi * m + i0) * n;
-        gemm_rows<1>(isa, rows.data(), mi, 1, kw, bb, n, zero.data(),
-                     [&](int64_t i, int64_t j, u64 pop) {
-                       o[i * n + j] = static_cast<int32_t>(
-                           2 * static_cast<int64_t>(pop) - rowpop[i]);
-                     });
+        didb::gemm_rows<1>(isa, rows.data(), mi, 1, kw, bb, n, zero.data(),
+                           [&](int64_t i, int64_t j, u64 pop) {
+                             o[i * n + j] = static_cast<int32_t>(
+                                 2 * static_cast<int64_t>(pop) - rowpop[i]);
+                           });
       }
     }
   });
@@ -221,34 +233,247 @@ at::Tensor bgemm_impl(const at::Tensor& a_in, const at::Tensor& b_in, int64_t k,
 }
 
 at::Tensor bgemm(const at::Tensor& a, const at::Tensor& b, int64_t k) {
-  return bgemm_impl(a, b, k, 0, c10::nullopt, c10::nullopt);
-}
-
-at::Tensor bgemm_scaled(const at::Tensor& a, const at::Tensor& b, int64_t k,
-                        const at::Tensor& scale,
-                        const c10::optional<at::Tensor>& bias) {
-  return bgemm_impl(a, b, k, 0, scale, bias);
+  return int_gemm(a, b, k, 0);
 }
 
 at::Tensor mask_gemm(const at::Tensor& m, const at::Tensor& v, int64_t k) {
-  return bgemm_impl(m, v, k, 1, c10::nullopt, c10::nullopt);
+  return int_gemm(m, v, k, 1);
 }
 
-// ------------------------------------------------------- convolution
-// x: (N, H*W, Cw) packed input (pack_nchw), w: (O, kh*kw, Cw) packed weight,
-// wpop: (O, kh*kw) int32 popcount of each weight tap. Output (N, O, Ho, Wo)
-// float: dot * scale[o] + bias[o], dot over the valid taps only.
-at::Tensor bconv2d(const at::Tensor& x_in, int64_t h, int64_t wd,
-                   const at::Tensor& w_in, const at::Tensor& wpop_in,
-                   int64_t c, int64_t kh, int64_t kwid, int64_t sh,
-                   int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-                   const at::Tensor& scale_in,
-                   const c10::optional<at::Tensor>& bias_in) {
+// ------------------------------------------ scaled GEMM + unit epilogue
+// The packed weight of a linear (taps = 1) or convolution, ready for the
+// variant in use: row-major words (every variant) and, for AVX-512, the
+// panel layout with its per-tap popcounts.
+struct Weights {
+  const u64* w = nullptr;
+  int64_t n = 0, taps = 1, cw = 0, bits = 0;
+  const int32_t* wpop = nullptr;  // (n, taps), convolution only
+  const float* scale = nullptr;
+  const float* bias = nullptr;
+  std::vector<uint32_t> panel;
+  std::vector<int32_t> panel_pop;
+
+  void prepare(int isa) {
+#if DIDB_X86
+    if (isa == didb::kAvx512) {
+      const int64_t groups = (n + didb::kPanel - 1) / didb::kPanel;
+      panel.resize(groups * taps * didb::words32(bits) * didb::kPanel);
+      panel_pop.resize(groups * taps * didb::kPanel);
+      didb::repack_panels(w, n, taps, cw, bits, panel.data(),
+                          panel_pop.data());
+    }
+#endif
+    (void)isa;
+  }
+};
+
+// Output rows [r0, r0 + m): rows64[i * taps + t] points at the cw words of
+// tap t of row i (zero words in the padding, marked in bad[i]).
+void gemm_into(int isa, const Weights& wt, const u64* const* rows64,
+               const uint32_t* bad, int64_t m, const u64* zero, int64_t r0,
+               float* out, int64_t ldc) {
+  const int64_t n = wt.n, taps = wt.taps, bits = wt.bits;
+#if DIDB_X86
+  if (isa == didb::kAvx512) {
+    std::vector<const uint32_t*> rows32(m * taps);
+    for (int64_t q = 0; q < m * taps; ++q)
+      rows32[q] = reinterpret_cast<const uint32_t*>(rows64[q]);
+    const didb::PanelOut o{wt.scale, wt.bias, wt.panel_pop.data(), n, taps,
+                           bits, out, ldc};
+    didb::panel_gemm(rows32.data(), m, didb::words32(bits), wt.panel.data(),
+                     bad, reinterpret_cast<const uint32_t*>(zero), r0, o);
+    return;
+  }
+#endif
+  const float* sp = wt.scale;
+  const float* bp = wt.bias;
+  const int32_t* pp = wt.wpop;
+  didb::gemm_rows<0, true>(
+      isa, rows64, m, taps, wt.cw, wt.w, n, zero,
+      [&](int64_t i, int64_t j, u64 pop) {
+        int64_t p = static_cast<int64_t>(pop);
+        int64_t len = taps * bits;
+        uint32_t b = bad ? bad[i] : 0u;
+        while (b) {  // padding taps: remove their count
+          const int t = __builtin_ctz(b);
+          b &= b - 1;
+          p -= pp[j * taps + t];
+          len -= bits;
+        }
+        const float dot = static_cast<float>(len - 2 * p);
+        out[(r0 + i) * ldc + j] = bp ? dot * sp[j] + bp[j] : dot * sp[j];
+      });
+}
+
+// Rows per block: the block's outputs stay in L2, and there are enough
+// blocks for every thread.
+int64_t block_rows(int64_t m, int64_t n) {
+  const int64_t mr = didb::kPanelRows;
+  int64_t rb = std::max<int64_t>(mr, (65536 / std::max<int64_t>(n, 1)) / mr * mr);
+  rb = std::min<int64_t>(rb, 192);
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t want = (m + 4 * threads - 1) / (4 * threads);
+  if (want < rb) rb = std::max<int64_t>(mr, (want + mr - 1) / mr * mr);
+  return rb;
+}
+
+// The unit epilogue's arguments, from optional tensors (see
+// unit_epilogue.h). res: (rows, Cr) float rows; the tensors are kept alive
+// by this struct.
+struct Unit {
+  didb::UnitParams p;
+  std::vector<at::Tensor> keep;
+
+  const float* vec(const c10::optional<at::Tensor>& t, int64_t numel,
+                   const char* name) {
+    at::Tensor v = opt_vec(t, numel, name);
+    if (!v.defined()) return nullptr;
+    keep.push_back(v);
+    return v.data_ptr<float>();
+  }
+};
+
+Unit make_unit(int64_t rows, int64_t n, const c10::optional<at::Tensor>& ln_w,
+               const c10::optional<at::Tensor>& ln_b, double eps,
+               const c10::optional<at::Tensor>& res,
+               const c10::optional<at::Tensor>& res_count,
+               const c10::optional<at::Tensor>& slope,
+               const c10::optional<at::Tensor>& gamma,
+               const c10::optional<at::Tensor>& zeta,
+               const c10::optional<at::Tensor>& tok_g,
+               const c10::optional<at::Tensor>& tok_z,
+               const c10::optional<at::Tensor>& dyn_g,
+               const c10::optional<at::Tensor>& dyn_z) {
+  Unit u;
+  didb::UnitParams& p = u.p;
+  p.n = n;
+  p.ln_w = u.vec(ln_w, n, "ln_weight");
+  p.ln_b = u.vec(ln_b, n, "ln_bias");
+  TORCH_CHECK((p.ln_w == nullptr) == (p.ln_b == nullptr),
+              "layer norm needs both ln_weight and ln_bias");
+  p.ln = p.ln_w != nullptr;
+  p.eps = static_cast<float>(eps);
+  if (res.has_value() && res->defined()) {
+    at::Tensor r = res->to(at::kFloat).contiguous();
+    TORCH_CHECK(r.dim() == 2 && r.size(0) == rows,
+                "res must be (rows, C) with the rows of the output");
+    u.keep.push_back(r);
+    p.res = r.data_ptr<float>();
+    p.res_ld = p.res_c = r.size(1);
+    p.res_count = u.vec(res_count, n, "res_count");
+  }
+  p.slope = u.vec(slope, n, "slope");
+  p.act = p.slope != nullptr;
+  p.gamma = u.vec(gamma, n, "gamma");
+  p.zeta = u.vec(zeta, n, "zeta");
+  p.tok_g = u.vec(tok_g, -1, "token_gamma");
+  if (p.tok_g) {
+    p.tok_n = u.keep.back().numel();
+    p.tok_z = u.vec(tok_z, p.tok_n, "token_zeta");
+    TORCH_CHECK(p.tok_n > 0 && rows % p.tok_n == 0,
+                "token maps must have one value per token of a sample");
+  }
+  TORCH_CHECK(p.tok_g || !tok_z.has_value() || !tok_z->defined(),
+              "static token terms need both maps");
+  p.dyn_g = u.vec(dyn_g, n, "dyn_gamma");
+  p.dyn_z = u.vec(dyn_z, n, "dyn_zeta");
+  TORCH_CHECK(p.act || !(p.gamma || p.zeta || p.tok_g || p.dyn_g || p.dyn_z),
+              "activation terms need the PReLU slope");
+  return u;
+}
+
+// Linear unit: x (M, K) float rows, or already packed rows (M, Kw).
+at::Tensor linear_unit(const at::Tensor& x_in, int64_t k,
+                       const c10::optional<at::Tensor>& div,
+                       const c10::optional<at::Tensor>& add,
+                       int64_t rows_per_group, const at::Tensor& w_in,
+                       const at::Tensor& scale_in,
+                       const c10::optional<at::Tensor>& bias_in,
+                       const c10::optional<at::Tensor>& ln_w,
+                       const c10::optional<at::Tensor>& ln_b, double eps,
+                       const c10::optional<at::Tensor>& res,
+                       const c10::optional<at::Tensor>& res_count,
+                       const c10::optional<at::Tensor>& slope,
+                       const c10::optional<at::Tensor>& gamma,
+                       const c10::optional<at::Tensor>& zeta,
+                       const c10::optional<at::Tensor>& tok_g,
+                       const c10::optional<at::Tensor>& tok_z,
+                       const c10::optional<at::Tensor>& dyn_g,
+                       const c10::optional<at::Tensor>& dyn_z) {
+  TORCH_CHECK(x_in.dim() == 2, "linear_unit expects (rows, features)");
+  TORCH_CHECK(x_in.device().is_cpu(), "linear_unit: CPU tensors only");
+  check_words(w_in, "weight", 2);
+  const bool packed = x_in.scalar_type() == at::kLong;
+  const at::Tensor x = packed ? x_in.contiguous()
+                              : x_in.to(at::kFloat).contiguous();
+  const at::Tensor w = w_in.contiguous();
+  const int64_t m = x.size(0), n = w.size(0), kw = (k + 63) / 64;
+  TORCH_CHECK(k > 0 && w.size(1) == kw, "weight must be (N, ceil(K / 64))");
+  TORCH_CHECK(packed ? x.size(1) == kw : x.size(1) == k,
+              "input must be (rows, K) floats or (rows, ceil(K / 64)) words");
+  const at::Tensor scale = opt_vec(scale_in, n, "scale");
+  const at::Tensor bias = opt_vec(bias_in, n, "bias");
+  const std::unique_ptr<RowPacker> pk(
+      packed ? nullptr : new RowPacker(m, k, div, add, rows_per_group));
+  Unit u = make_unit(m, n, ln_w, ln_b, eps, res, res_count, slope, gamma,
+                     zeta, tok_g, tok_z, dyn_g, dyn_z);
+  const int isa = g_isa;
+  Weights wt;
+  wt.w = words(w);
+  wt.n = n;
+  wt.cw = kw;
+  wt.bits = k;
+  wt.scale = scale.data_ptr<float>();
+  wt.bias = ptr(bias);
+  wt.prepare(isa);
+  at::Tensor out = at::empty({m, n}, x.options().dtype(at::kFloat));
+  float* op = out.data_ptr<float>();
+  const int64_t rb = block_rows(m, n);
+  const int64_t nblk = (m + rb - 1) / rb;
+  const std::vector<u64> zero(kw + 1, 0);
+  at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<u64> buf(packed ? 0 : rb * kw);
+    std::vector<const u64*> rows(rb);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * rb, mi = std::min(rb, m - r0);
+      for (int64_t i = 0; i < mi; ++i) {
+        if (packed) {
+          rows[i] = words(x) + (r0 + i) * kw;
+        } else {
+          pk->pack(isa, x.data_ptr<float>() + (r0 + i) * k, r0 + i,
+                   buf.data() + i * kw);
+          rows[i] = buf.data() + i * kw;
+        }
+      }
+      gemm_into(isa, wt, rows.data(), nullptr, mi, zero.data(), r0, op, n);
+      didb::unit_rows(isa, u.p, op, n, r0, r0 + mi);
+    }
+  });
+  return out;
+}
+
+// Convolution unit: x (N, H*W, Cw) packed input (pack_nchw / pack_rows of
+// channels-last rows), w (O, kh*kw, Cw), wpop (O, kh*kw). Output
+// (N, O, Ho, Wo) float in channels-last memory: dot * scale + bias over the
+// valid taps, then the unit epilogue (res: (N * Ho * Wo, Cr) rows).
+at::Tensor conv_unit(const at::Tensor& x_in, int64_t h, int64_t wd,
+                     const at::Tensor& w_in, const at::Tensor& wpop_in,
+                     int64_t c, int64_t kh, int64_t kwid, int64_t sh,
+                     int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+                     int64_t dw, const at::Tensor& scale_in,
+                     const c10::optional<at::Tensor>& bias_in,
+                     const c10::optional<at::Tensor>& ln_w,
+                     const c10::optional<at::Tensor>& ln_b, double eps,
+                     const c10::optional<at::Tensor>& res,
+                     const c10::optional<at::Tensor>& res_count,
+                     const c10::optional<at::Tensor>& slope,
+                     const c10::optional<at::Tensor>& gamma,
+                     const c10::optional<at::Tensor>& zeta) {
   check_words(x_in, "x", 3);
   check_words(w_in, "weight", 3);
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
   const at::Tensor wpop = wpop_in.to(at::kInt).contiguous();
-  const int64_t n = x.size(0), cw = x.size(2), o = w.size(0);
+  const int64_t nb = x.size(0), cw = x.size(2), o = w.size(0);
   const int64_t taps = kh * kwid;
   TORCH_CHECK(x.size(1) == h * wd, "x must hold H*W pixels");
   TORCH_CHECK(w.size(1) == taps && w.size(2) == cw,
@@ -261,68 +486,228 @@ at::Tensor bconv2d(const at::Tensor& x_in, int64_t h, int64_t wd,
   const int64_t ho = (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
   const int64_t wo = (wd + 2 * pw - dw * (kwid - 1) - 1) / sw + 1;
   TORCH_CHECK(ho > 0 && wo > 0, "the kernel is larger than the padded input");
-  const at::Tensor scale = scale_in.to(at::kFloat).contiguous();
-  TORCH_CHECK(scale.numel() == o, "scale must have O elements");
-  at::Tensor bias;
-  if (bias_in.has_value() && bias_in->defined()) {
-    bias = bias_in->to(at::kFloat).contiguous();
-    TORCH_CHECK(bias.numel() == o, "bias must have O elements");
-  }
-  at::Tensor out = at::empty({n, o, ho, wo}, x.options().dtype(at::kFloat));
-  const u64* xp = words(x);
-  const u64* wp = words(w);
-  const int32_t* pp = wpop.data_ptr<int32_t>();
-  const float* sp = scale.data_ptr<float>();
-  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  float* op = out.data_ptr<float>();
-  const std::vector<u64> zero(cw, 0);
+  const at::Tensor scale = opt_vec(scale_in, o, "scale");
+  const at::Tensor bias = opt_vec(bias_in, o, "bias");
+  const int64_t npix = ho * wo, m = nb * npix;
+  Unit u = make_unit(m, o, ln_w, ln_b, eps, res, res_count, slope, gamma, zeta,
+                     c10::nullopt, c10::nullopt, c10::nullopt, c10::nullopt);
   const int isa = g_isa;
-  const int64_t npix = ho * wo;
-  const int64_t pblk = 64;
-  const int64_t nblk = (npix + pblk - 1) / pblk;
-  at::parallel_for(0, n * nblk, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<const u64*> rows(pblk * taps);
-    std::vector<uint32_t> invalid(pblk);  // bit t: tap t is padding
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t img = t / nblk, q0 = (t % nblk) * pblk;
-      const int64_t mq = std::min(pblk, npix - q0);
-      const u64* xi = xp + img * h * wd * cw;
-      for (int64_t q = 0; q < mq; ++q) {
-        const int64_t oy = (q0 + q) / wo, ox = (q0 + q) % wo;
-        uint32_t bad = 0;
+  Weights wt;
+  wt.w = words(w);
+  wt.n = o;
+  wt.taps = taps;
+  wt.cw = cw;
+  wt.bits = c;
+  wt.wpop = wpop.data_ptr<int32_t>();
+  wt.scale = scale.data_ptr<float>();
+  wt.bias = ptr(bias);
+  wt.prepare(isa);
+  at::Tensor out = at::empty(
+      {nb, o, ho, wo},
+      x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  float* op = out.data_ptr<float>();  // (N * Ho * Wo, O) rows
+  const u64* xp = words(x);
+  const std::vector<u64> zero(cw + 1, 0);
+  const int64_t rb = block_rows(m, o);
+  const int64_t nblk = (m + rb - 1) / rb;
+  at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<const u64*> rows(rb * taps);
+    std::vector<uint32_t> bad(rb);  // bit t: tap t is padding
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * rb, mi = std::min(rb, m - r0);
+      bool any_bad = false;
+      for (int64_t i = 0; i < mi; ++i) {
+        const int64_t img = (r0 + i) / npix, q = (r0 + i) % npix;
+        const int64_t oy = q / wo, ox = q % wo;
+        const u64* xi = xp + img * h * wd * cw;
+        uint32_t bits = 0;
         for (int64_t ky = 0; ky < kh; ++ky)
           for (int64_t kx = 0; kx < kwid; ++kx) {
             const int64_t iy = oy * sh - ph + ky * dh;
             const int64_t ix = ox * sw - pw + kx * dw;
             const int64_t tap = ky * kwid + kx;
             if (iy < 0 || iy >= h || ix < 0 || ix >= wd) {
-              rows[q * taps + tap] = zero.data();
-              bad |= 1u << tap;
+              rows[i * taps + tap] = zero.data();
+              bits |= 1u << tap;
             } else {
-              rows[q * taps + tap] = xi + (iy * wd + ix) * cw;
+              rows[i * taps + tap] = xi + (iy * wd + ix) * cw;
             }
           }
-        invalid[q] = bad;
+        bad[i] = bits;
+        any_bad = any_bad || bits;
       }
-      float* oi = op + img * o * npix;
-      // channel-major order: each output plane is written in runs
-      gemm_rows<0, false>(isa, rows.data(), mq, taps, cw, wp, o, zero.data(),
-                   [&](int64_t i, int64_t j, u64 pop) {
-                     int64_t p = static_cast<int64_t>(pop);
-                     int64_t len = taps * c;
-                     uint32_t bad = invalid[i];
-                     while (bad) {  // padding taps: remove their count
-                       const int tap = __builtin_ctz(bad);
-                       bad &= bad - 1;
-                       p -= pp[j * taps + tap];
-                       len -= c;
-                     }
-                     const float dot = static_cast<float>(len - 2 * p);
-                     oi[j * npix + q0 + i] = bp ? dot * sp[j] + bp[j] : dot * sp[j];
-                   });
+      gemm_into(isa, wt, rows.data(), any_bad ? bad.data() : nullptr, mi,
+                zero.data(), r0, op, o);
+      didb::unit_rows(isa, u.p, op, o, r0, r0 + mi);
     }
   });
   return out;
+}
+
+// ---------------------------------------------------------- attention
+// Packed token maps as 32-bit words: (B, N, Kw) int64 -> rows of 2 Kw words.
+const uint32_t* words32_of(const at::Tensor& t, int64_t batch, int64_t ntok,
+                           const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kLong && t.dim() == 3 &&
+                  t.size(0) == batch && t.size(1) == ntok && t.is_contiguous(),
+              name, " must be contiguous packed tokens (B, N, words) int64");
+  return reinterpret_cast<const uint32_t*>(t.data_ptr<int64_t>());
+}
+
+// The attention core of attention.h on packed q/k (one pair per HFSC
+// branch) and v token maps; returns (B, N, C) float at the tokens.
+at::Tensor window_attention(
+    const std::vector<at::Tensor>& q, const std::vector<at::Tensor>& k,
+    const at::Tensor& v, int64_t heads, int64_t dqk, int64_t dv,
+    int64_t grid_h, int64_t grid_w, int64_t extra, int64_t wh, int64_t ww,
+    int64_t sh, int64_t sw, const std::vector<double>& qk_scale, double scale,
+    const c10::optional<at::Tensor>& mix_in,
+    const c10::optional<at::Tensor>& bias_in,
+    const c10::optional<at::Tensor>& mask_in, int64_t prob_mode,
+    double prob_a, double prob_ratio, double av_scale, double v_mag,
+    const c10::optional<at::Tensor>& diba_s_in,
+    const c10::optional<at::Tensor>& diba_l_in) {
+  const int64_t nbr = static_cast<int64_t>(q.size());
+  TORCH_CHECK(nbr >= 1 && nbr <= 2 && k.size() == q.size() &&
+                  static_cast<int64_t>(qk_scale.size()) == nbr,
+              "one or two (q, k) branches with a scale each");
+  TORCH_CHECK(dqk % 32 == 0 && dv % 32 == 0 && dqk > 0 && dv > 0,
+              "head dims must be multiples of 32");
+  const int64_t batch = v.size(0), ntok = v.size(1);
+  TORCH_CHECK(ntok == extra + grid_h * grid_w, "tokens != extra + H * W");
+  TORCH_CHECK(wh == 0 ? (ww == 0 && sh == 0 && sw == 0)
+                      : (extra == 0 && ww > 0 && sh >= 0 && sw >= 0 &&
+                         sh < wh && sw < ww),
+              "windows need a grid without extra tokens");
+  didb::AttnArgs a;
+  a.branches = static_cast<int>(nbr);
+  for (int64_t b = 0; b < nbr; ++b) {
+    a.q[b] = words32_of(q[b], batch, ntok, "q");
+    a.k[b] = words32_of(k[b], batch, ntok, "k");
+    TORCH_CHECK(q[b].size(2) == q[0].size(2) && k[b].size(2) == q[0].size(2),
+                "q and k maps must have the same words");
+    a.qk_scale[b] = static_cast<float>(qk_scale[b]);
+  }
+  a.qk_ld = 2 * q[0].size(2);
+  TORCH_CHECK(heads * dqk <= 32 * a.qk_ld, "q/k maps hold fewer channels");
+  a.v = words32_of(v, batch, ntok, "v");
+  a.v_ld = 2 * v.size(2);
+  TORCH_CHECK(heads * dv <= 32 * a.v_ld, "the v map holds fewer channels");
+  a.batch = batch;
+  a.ntok = ntok;
+  a.extra = extra;
+  a.h = grid_h;
+  a.w = grid_w;
+  a.wh = wh;
+  a.ww = ww;
+  a.sh = sh;
+  a.sw = sw;
+  a.heads = heads;
+  a.dqk = dqk;
+  a.dv = dv;
+  a.scale = static_cast<float>(scale);
+  const int64_t nk = wh ? wh * ww : ntok;
+  const int64_t nwin = wh ? ((grid_h + wh - 1) / wh) * ((grid_w + ww - 1) / ww)
+                          : 1;
+  const at::Tensor mix = opt_vec(mix_in, heads * nbr, "mix");
+  const at::Tensor bias = opt_vec(bias_in, heads * nk * nk, "bias");
+  const at::Tensor mask = opt_vec(mask_in, nwin * nk * nk, "mask");
+  const at::Tensor ds = opt_vec(diba_s_in, heads * dv, "diba_scale");
+  const at::Tensor dl = opt_vec(diba_l_in, heads * dv, "diba_local_scale");
+  a.mix = ptr(mix);
+  a.bias = ptr(bias);
+  a.mask = ptr(mask);
+  TORCH_CHECK(prob_mode == 0 || prob_mode == 1, "prob_mode must be 0 or 1");
+  a.prob_mode = static_cast<int>(prob_mode);
+  a.prob_a = static_cast<float>(prob_a);
+  a.prob_ratio = static_cast<float>(prob_ratio);
+  a.av_scale = static_cast<float>(av_scale);
+  a.v_mag = static_cast<float>(v_mag);
+  a.diba_s = ptr(ds);
+  a.diba_l = ptr(dl);
+  at::Tensor out = at::empty({batch, ntok, heads * dv},
+                             v.options().dtype(at::kFloat));
+  a.out = out.data_ptr<float>();
+  const bool avx512 = g_isa == didb::kAvx512;
+  // work items: (image, window) or, for one global window, query blocks
+  const int64_t qblk = wh ? nk : 64;
+  const int64_t per_win = (nk + qblk - 1) / qblk;
+  const int64_t items = batch * nwin * per_win;
+  at::Tensor local;  // the DIBA local term, one map per image
+  if (a.diba_l) {
+    local = at::empty({batch, ntok, heads * dv}, out.options());
+    at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<int8_t> sgn(grid_h * grid_w * heads * dv);
+      std::vector<int8_t> hsum(sgn.size());
+      for (int64_t b = b0; b < b1; ++b) {
+#if DIDB_X86
+        if (avx512)
+          didb::diba_local_map_avx512(a, b, sgn.data(), hsum.data(),
+                                      local.data_ptr<float>());
+        else
+#endif
+          didb::diba_local_map_generic(a, b, sgn.data(), hsum.data(),
+                                       local.data_ptr<float>());
+      }
+    });
+  }
+  const float* lp = local.defined() ? local.data_ptr<float>() : nullptr;
+  at::parallel_for(0, items, 1, [&](int64_t t0, int64_t t1) {
+    didb::AttnScratch sc;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / (nwin * per_win), r = t % (nwin * per_win);
+      const int64_t win = r / per_win, q0 = (r % per_win) * qblk;
+      didb::attn_window(a, b, win, q0, std::min(nk, q0 + qblk), avx512, lp,
+                        sc);
+    }
+  });
+  return out;
+}
+
+// HFSC band split on a token map: x (B, E + H*W, C) -> (X_L, X_H) with X_L
+// the local 2x2 mean (low=0) or the Haar LL (low=1) under replicate padding
+// right/bottom, X_H = X - X_L; extra tokens pass to both unchanged
+// (mmseg_didb.binary.haar_split, the same float operations).
+std::vector<at::Tensor> haar_split_tokens(const at::Tensor& x_in,
+                                          int64_t grid_h, int64_t grid_w,
+                                          int64_t extra, int64_t low) {
+  TORCH_CHECK(x_in.dim() == 3, "haar_split_tokens expects (B, N, C)");
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const int64_t batch = x.size(0), ntok = x.size(1), c = x.size(2);
+  TORCH_CHECK(ntok == extra + grid_h * grid_w, "tokens != extra + H * W");
+  at::Tensor lo = at::empty_like(x), hi = at::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  float* lp = lo.data_ptr<float>();
+  float* hp = hi.data_ptr<float>();
+  const float f = low == 0 ? 0.5f : 1.f;
+  at::parallel_for(0, batch * ntok, 64, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / ntok, i = t % ntok;
+      const float* row = xp + t * c;
+      float* l = lp + t * c;
+      float* hr = hp + t * c;
+      if (i < extra) {
+        std::memcpy(l, row, c * sizeof(float));
+        std::memcpy(hr, row, c * sizeof(float));
+        continue;
+      }
+      const int64_t y = (i - extra) / grid_w, xx = (i - extra) % grid_w;
+      const int64_t y1 = std::min(y + 1, grid_h - 1);
+      const int64_t x1 = std::min(xx + 1, grid_w - 1);
+      const float* base = xp + (b * ntok + extra) * c;
+      const float* pa = row;
+      const float* pb = base + (y * grid_w + x1) * c;
+      const float* pc = base + (y1 * grid_w + xx) * c;
+      const float* pd = base + (y1 * grid_w + x1) * c;
+      for (int64_t j = 0; j < c; ++j) {
+        const float ll = ((pa[j] + pb[j]) + (pc[j] + pd[j])) * 0.5f;
+        const float v = ll * f;
+        l[j] = v;
+        hr[j] = pa[j] - v;
+      }
+    }
+  });
+  return {lo, hi};
 }
 
 // --------------------------------------------------------- management
@@ -356,11 +741,47 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_nchw", &pack_nchw, "pack channel sign bits of (N, C, H, W)",
         py::arg("x"), py::arg("div") = py::none(), py::arg("add") = py::none());
   m.def("bgemm", &bgemm, "batched xor-popcount GEMM (int32)");
-  m.def("bgemm_scaled", &bgemm_scaled, "batched xor-popcount GEMM (float)",
-        py::arg("a"), py::arg("b"), py::arg("k"), py::arg("scale"),
-        py::arg("bias") = py::none());
   m.def("mask_gemm", &mask_gemm, "batched {0,1} x +-1 GEMM (int32)");
-  m.def("bconv2d", &bconv2d, "binary convolution on packed input");
+  m.def("linear_unit", &linear_unit,
+        "binary linear (float or packed rows) + fused unit epilogue",
+        py::arg("x"), py::arg("k"), py::arg("div") = py::none(),
+        py::arg("add") = py::none(), py::arg("rows_per_group") = 1,
+        py::arg("weight"), py::arg("scale"), py::arg("bias") = py::none(),
+        py::arg("ln_weight") = py::none(), py::arg("ln_bias") = py::none(),
+        py::arg("eps") = 1e-5, py::arg("res") = py::none(),
+        py::arg("res_count") = py::none(), py::arg("slope") = py::none(),
+        py::arg("gamma") = py::none(), py::arg("zeta") = py::none(),
+        py::arg("token_gamma") = py::none(),
+        py::arg("token_zeta") = py::none(), py::arg("dyn_gamma") = py::none(),
+        py::arg("dyn_zeta") = py::none());
+  m.def("conv_unit", &conv_unit,
+        "binary convolution on packed input + fused unit epilogue "
+        "(channels-last output)",
+        py::arg("x"), py::arg("h"), py::arg("w"), py::arg("weight"),
+        py::arg("weight_pop"), py::arg("c"), py::arg("kh"), py::arg("kw"),
+        py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
+        py::arg("dh"), py::arg("dw"), py::arg("scale"),
+        py::arg("bias") = py::none(), py::arg("ln_weight") = py::none(),
+        py::arg("ln_bias") = py::none(), py::arg("eps") = 1e-5,
+        py::arg("res") = py::none(), py::arg("res_count") = py::none(),
+        py::arg("slope") = py::none(), py::arg("gamma") = py::none(),
+        py::arg("zeta") = py::none());
+  m.def("window_attention", &window_attention,
+        "binary (window) attention core on packed q/k/v token maps",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("heads"),
+        py::arg("dqk"), py::arg("dv"), py::arg("grid_h"), py::arg("grid_w"),
+        py::arg("extra"), py::arg("wh"), py::arg("ww"), py::arg("sh"),
+        py::arg("sw"), py::arg("qk_scale"), py::arg("scale"),
+        py::arg("mix") = py::none(), py::arg("bias") = py::none(),
+        py::arg("mask") = py::none(), py::arg("prob_mode") = 0,
+        py::arg("prob_a") = 1.0, py::arg("prob_ratio") = 0.25,
+        py::arg("av_scale") = 1.0, py::arg("v_mag") = 1.0,
+        py::arg("diba_scale") = py::none(),
+        py::arg("diba_local_scale") = py::none());
+  m.def("haar_split_tokens", &haar_split_tokens,
+        "HFSC low/high split of a token map", py::arg("x"),
+        py::arg("grid_h"), py::arg("grid_w"), py::arg("extra"),
+        py::arg("low") = 0);
   m.def("get_isa", &get_isa);
   m.def("set_isa", &set_isa);
   m.def("supported_isas", &supported_isas);

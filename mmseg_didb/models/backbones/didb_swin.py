@@ -17,14 +17,15 @@ from mmengine.model import BaseModule
 from timm.layers import PatchEmbed, trunc_normal_
 
 from mmseg.registry import MODELS
-from mmseg_didb.binary.layers import BinaryLinearUnit, ChannelShortcut
+from mmseg_didb.binary.layers import BinaryLinearUnit, MergeShortcut
 from mmseg_didb.binary.presets import BinaryPreset, resolve_preset
 from ..layers import DIDBAttention, DIDBBlock, window_attention_mask
 from ..utils.checkpoint import StrictPretrainedMixin
 from ..utils.swin_convert import convert_swin_state_dict
 
 __all__ = ['DIDBSwin', 'DIDBWindowAttention', 'BinaryPatchMerging',
-           'DIDBSwinStage', 'window_and_shift', 'relative_position_index']
+           'DIDBSwinStage', 'MergeShortcut', 'window_and_shift',
+           'relative_position_index']
 
 Pair = Tuple[int, int]
 
@@ -101,23 +102,6 @@ class DIDBWindowAttention(DIDBAttention):
             rel_pos_bias = self.rel_pos_bias(window_size)
         return super().forward(x, hw, window_size, shift_size, rel_pos_bias,
                                attn_mask)
-
-
-class MergeShortcut(nn.Module):
-    """Average-pool shortcut of binary patch merging.
-
-    Input: the ``4C`` concatenation of each 2x2 neighbourhood; output: the 2x2
-    average of the ``C`` channels, repeated to the output width.
-    """
-
-    def __init__(self, in_dims: int, out_dims: int) -> None:
-        super().__init__()
-        self.in_dims = in_dims
-        self.channels = ChannelShortcut(in_dims, out_dims, -1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, _ = x.shape
-        return self.channels(x.view(B, N, 4, self.in_dims).mean(dim=2))
 
 
 class BinaryPatchMerging(nn.Module):

@@ -375,6 +375,11 @@ class DIDBAttention(nn.Module):
             out = out + (l_s - row_sum) * vh
         return out.transpose(1, 2).reshape(Bw, N, C)
 
+    def qk_units(self) -> Tuple[List[nn.Module], List[nn.Module]]:
+        """The q and the k units, one of each per HFSC branch."""
+        return ([getattr(self, f'q{br}') for br in self.branches],
+                [getattr(self, f'k{br}') for br in self.branches])
+
     def forward(self,
                 x: torch.Tensor,
                 hw: Tuple[int, int],
@@ -400,32 +405,50 @@ class DIDBAttention(nn.Module):
             ``(B, E + H*W, C)``.
         """
         hw = _pair(hw)
-        if self.hfsc != 'off':
-            x_low, x_high = self.hfsc_split(x, hw)
-            inputs = (x_low, x_high)
-        else:
-            inputs = (x, )
-        qs = [getattr(self, f'q{br}_quant')(getattr(self, f'q{br}')(xi, hw))
-              for br, xi in zip(self.branches, inputs)]
-        ks = [getattr(self, f'k{br}_quant')(getattr(self, f'k{br}')(xi, hw))
-              for br, xi in zip(self.branches, inputs)]
-        v = self.v_quant(self.v(x, hw))
-
-        if window_size is None:
-            out = self.attend(qs, ks, v, rel_pos_bias, attn_mask)
-        else:
+        ws = ss = None
+        if window_size is not None:
             if self.num_extra_tokens:
                 raise ValueError('windowed attention does not support extra '
                                  'tokens; use window_size=None')
             ws, ss = _pair(window_size), _pair(shift_size)
             if attn_mask is None:
-                attn_mask = window_attention_mask(hw, ws, ss, x.device, x.dtype)
-            win = [to_windows(t, hw, ws, ss) for t in qs + ks + [v]]
+                attn_mask = window_attention_mask(hw, ws, ss, x.device,
+                                                  x.dtype)
+        packed = self.binary_matmuls
+        if packed is not None and packed.fused:
+            # deployment: the core after the units in one packed kernel
+            out = packed.attend(self, x, hw, ws, ss, rel_pos_bias, attn_mask)
+        else:
+            out = self._core(x, hw, ws, ss, rel_pos_bias, attn_mask)
+        return self.proj_drop(self.proj(out, hw))
+
+    def _core(self, x: torch.Tensor, hw: Tuple[int, int],
+              window: Optional[Tuple[int, int]],
+              shift: Optional[Tuple[int, int]],
+              rel_pos_bias: Optional[torch.Tensor],
+              attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """HFSC, q/k/v, (windowed) attention and DIBA: the input of
+        ``proj``."""
+        if self.hfsc != 'off':
+            inputs = self.hfsc_split(x, hw)
+        else:
+            inputs = (x, )
+        q_units, k_units = self.qk_units()
+        q_quants, k_quants, v_quant, _ = self.matmul_binarizers()
+        qs = [quant(unit(xi, hw))
+              for unit, quant, xi in zip(q_units, q_quants, inputs)]
+        ks = [quant(unit(xi, hw))
+              for unit, quant, xi in zip(k_units, k_quants, inputs)]
+        v = v_quant(self.v(x, hw))
+
+        if window is None:
+            out = self.attend(qs, ks, v, rel_pos_bias, attn_mask)
+        else:
+            win = [to_windows(t, hw, window, shift) for t in qs + ks + [v]]
             n = len(qs)
             out = self.attend(win[:n], win[n:2 * n], win[-1], rel_pos_bias,
                               attn_mask)
-            out = from_windows(out, hw, ws, ss)
+            out = from_windows(out, hw, window, shift)
         if self.preset.diba_local:
             out = out + self.diba_local_scale * self.diba_local(v, hw)
-        out = self.proj(out, hw)
-        return self.proj_drop(out)
+        return out
