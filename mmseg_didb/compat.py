@@ -35,6 +35,31 @@ covered by ``tests/test_compat.py``:
    ``importlib.metadata`` versions, the fix mmengine merged after 0.10.7
    (open-mmlab/mmengine#1676). The lock also pins ``setuptools<82`` for other
    users of ``pkg_resources``.
+4. **torch.distributed without GPUs** (:func:`patch_cpu_distributed`).
+   mmengine 0.10.7 calls ``torch.cuda.set_device(local_rank)`` in the
+   pytorch launcher's init whatever the backend, and wraps the model in
+   ``MMDistributedDataParallel`` with ``device_ids=[local_rank]``, which
+   torch refuses for a CPU module; so ``tools/dist_train.sh CONFIG 2`` fails
+   on a machine without a GPU ("Found no NVIDIA driver"). When no
+   accelerator is present, the process group starts on ``gloo`` (the
+   config's ``nccl`` is replaced, with a log line) without a device, and
+   the CPU model is wrapped without device ids; a model with SyncBatchNorm,
+   which has no CPU implementation, stops with a message naming it and the
+   fix (plain ``BN``). With a GPU, nothing changes.
+5. **``--amp`` without a GPU** (:func:`patch_cpu_amp`). mmengine 0.10.7's
+   ``AmpOptimWrapper`` asserts a CUDA/NPU/MLU device, although its
+   ``autocast`` supports the CPU (bfloat16 only). Without an accelerator
+   the wrapper trains in bfloat16 autocast with loss scaling off (bfloat16
+   has float32's exponent range, so nothing underflows); asking for float16
+   on the CPU stops with a message saying to use bfloat16. With a GPU,
+   nothing changes.
+6. **Checkpoints mmengine loads** (:func:`patch_runner_checkpoint_loading`):
+   ``load_from``, ``--resume`` and ``tools/test.py`` read local files
+   through :func:`mmseg_didb.models.utils.read_checkpoint`, i.e.
+   weights-only with the allowlist of fix 2; a refused file raises an error
+   naming the opt-in (``--unsafe-load`` of ``tools/train.py`` /
+   ``tools/test.py``, which sets ``MMSEG_DIDB_UNSAFE_LOAD=1``), and an
+   opted-in full unpickle is logged.
 """
 from __future__ import annotations
 
@@ -42,6 +67,7 @@ import importlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import os
 import os.path as osp
 import pickle
 import sys
@@ -269,6 +295,176 @@ def patch_package_lookup() -> bool:
     return True
 
 
+# --------------------------------------------------------------------------
+# 4. torch.distributed on CPU
+# --------------------------------------------------------------------------
+def _no_accelerator() -> bool:
+    import torch
+    from mmengine.device import (is_mlu_available, is_musa_available,
+                                 is_npu_available)
+    return not (torch.cuda.is_available() or is_npu_available()
+                or is_mlu_available() or is_musa_available())
+
+
+def _cpu_init_dist_pytorch(original: Callable) -> Callable:
+    """mmengine's ``_init_dist_pytorch`` that, without any accelerator,
+    starts a ``gloo`` process group and sets no device."""
+
+    def init(backend: str = 'nccl', init_backend: str = 'torch',
+             **kwargs: Any) -> None:
+        if init_backend != 'torch' or not _no_accelerator():
+            return original(backend, init_backend=init_backend, **kwargs)
+        import torch.distributed as dist
+        from mmengine.logging import print_log
+        if backend != 'gloo':
+            print_log(f'no GPU: torch.distributed uses the gloo backend '
+                      f'instead of {backend!r} (mmseg_didb.compat)',
+                      logger='current')
+        dist.init_process_group(backend='gloo', **kwargs)
+
+    init.__wrapped__ = original  # type: ignore[attr-defined]
+    return init
+
+
+def _sync_bn_layers(module: Any) -> List[str]:
+    import torch
+    return [name for name, m in module.named_modules()
+            if isinstance(m, torch.nn.SyncBatchNorm)]
+
+
+def _cpu_ddp_init(original: Callable) -> Callable:
+    """``MMDistributedDataParallel.__init__`` that wraps a CPU module
+    without device ids, and refuses SyncBatchNorm on CPU clearly."""
+
+    def init(self: Any, module: Any, *args: Any, **kwargs: Any) -> None:
+        on_cpu = all(p.device.type == 'cpu' for p in module.parameters())
+        if on_cpu:
+            sync = _sync_bn_layers(module)
+            if sync:
+                raise RuntimeError(
+                    f'{len(sync)} SyncBatchNorm layers (e.g. {sync[0]}) '
+                    'cannot run on the CPU: torch implements SyncBN for '
+                    'GPUs only. For distributed training on CPU, use plain '
+                    "BatchNorm: set every norm_cfg to dict(type='BN', "
+                    "requires_grad=True), e.g. --cfg-options "
+                    "model.decode_head.norm_cfg.type=BN "
+                    'model.auxiliary_head.norm_cfg.type=BN (and the neck).')
+            kwargs['device_ids'] = None
+            kwargs.pop('output_device', None)
+        original(self, module, *args, **kwargs)
+
+    init.__wrapped__ = original  # type: ignore[attr-defined]
+    return init
+
+
+def patch_cpu_distributed() -> bool:
+    """Lets mmengine's pytorch launcher and DDP wrapper run on CPU only
+    machines (gloo, no device ids); unchanged with a GPU.
+
+    Returns:
+        bool: True if mmengine's functions were wrapped (False only when
+        mmengine is not installed).
+    """
+    if importlib.util.find_spec('mmengine') is None:
+        return False
+    import mmengine.dist.utils as dist_utils
+    from mmengine.model.wrappers.distributed import MMDistributedDataParallel
+    if not hasattr(dist_utils._init_dist_pytorch, '__wrapped__'):
+        dist_utils._init_dist_pytorch = _cpu_init_dist_pytorch(
+            dist_utils._init_dist_pytorch)
+    if not hasattr(MMDistributedDataParallel.__init__, '__wrapped__'):
+        MMDistributedDataParallel.__init__ = _cpu_ddp_init(
+            MMDistributedDataParallel.__init__)
+    return True
+
+
+# --------------------------------------------------------------------------
+# 5. AMP on CPU (bfloat16)
+# --------------------------------------------------------------------------
+def _cpu_amp_init(original: Callable) -> Callable:
+    """``AmpOptimWrapper.__init__`` that, without an accelerator, autocasts
+    to bfloat16 with loss scaling off."""
+
+    def init(self: Any, loss_scale: Any = 'dynamic', dtype: Any = None,
+             use_fsdp: bool = False, **kwargs: Any) -> None:
+        if not _no_accelerator():
+            return original(self, loss_scale=loss_scale, dtype=dtype,
+                            use_fsdp=use_fsdp, **kwargs)
+        import torch
+        from mmengine.logging import print_log
+        from mmengine.optim import OptimWrapper
+        if dtype not in (None, 'bfloat16', torch.bfloat16):
+            raise ValueError(
+                f'AMP on the CPU supports bfloat16 only, got dtype={dtype!r} '
+                '(float16 needs a GPU): set optim_wrapper.dtype=\'bfloat16\' '
+                'or leave it unset, or train without --amp')
+        OptimWrapper.__init__(self, **kwargs)
+        self._scale_update_param = None
+        # bfloat16 has float32's range: no loss scaling
+        self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)
+        self.cast_dtype = torch.bfloat16
+        print_log('no GPU: AMP autocasts to bfloat16 on the CPU, without '
+                  'loss scaling (mmseg_didb.compat)', logger='current')
+
+    init.__wrapped__ = original  # type: ignore[attr-defined]
+    return init
+
+
+def patch_cpu_amp() -> bool:
+    """Lets mmengine's ``AmpOptimWrapper`` train in bfloat16 on CPU only
+    machines; unchanged with a GPU.
+
+    Returns:
+        bool: True if the wrapper was patched (False only when mmengine is
+        not installed).
+    """
+    if importlib.util.find_spec('mmengine') is None:
+        return False
+    from mmengine.optim import AmpOptimWrapper
+    if not hasattr(AmpOptimWrapper.__init__, '__wrapped__'):
+        AmpOptimWrapper.__init__ = _cpu_amp_init(AmpOptimWrapper.__init__)
+    return True
+
+
+# --------------------------------------------------------------------------
+# 6. weights-only loading of every checkpoint mmengine reads
+# --------------------------------------------------------------------------
+UNSAFE_LOAD_ENV = 'MMSEG_DIDB_UNSAFE_LOAD'
+
+
+def unsafe_load_opted_in() -> bool:
+    """True when the tools' ``--unsafe-load`` (``MMSEG_DIDB_UNSAFE_LOAD=1``)
+    opted in to full unpickling of refused checkpoints."""
+    return os.environ.get(UNSAFE_LOAD_ENV) == '1'
+
+
+def _load_local_checkpoint(filename: str, map_location: Any = None) -> Any:
+    """mmengine's local-file checkpoint loader, weights-only."""
+    from mmseg_didb.models.utils.checkpoint import read_checkpoint
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    return read_checkpoint(filename, map_location=map_location,
+                           allow_unsafe=unsafe_load_opted_in())
+
+
+def patch_runner_checkpoint_loading() -> bool:
+    """Routes mmengine's local checkpoint loading (``load_from``,
+    ``resume``, ``load_checkpoint``) through weights-only unpickling.
+
+    Returns:
+        bool: True if mmengine's loader was replaced (False only when
+        mmengine is not installed).
+    """
+    if importlib.util.find_spec('mmengine') is None:
+        return False
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='',
+                                     loader=_load_local_checkpoint,
+                                     force=True)
+    return True
+
+
 def apply() -> None:
     """Applies every fix once (called by ``import mmseg_didb``)."""
     global _applied
@@ -277,4 +473,7 @@ def apply() -> None:
     install_mmcv_ext_placeholder()
     allow_runner_checkpoints()
     patch_package_lookup()
+    patch_cpu_distributed()
+    patch_cpu_amp()
+    patch_runner_checkpoint_loading()
     _applied = True

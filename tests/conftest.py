@@ -95,6 +95,58 @@ randomness = dict(seed=0)
 """
 
 
+# A tiny fully binary model on the demo config: DIDBSwin + BinaryUPerHead
+# with preset {preset!r} on 64x64 texture mosaics.
+TINY_BINARY_CONFIG = """\
+_base_ = [{demo!r}]
+data_root = {data_root!r}
+crop_size = (64, 64)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(preset={preset!r}, embed_dims=32, depths=(1, 1),
+                  num_heads=(1, 2), window_size=4, pretrain_img_size=64,
+                  drop_path_rate=0.0, out_indices=(0, 1)),
+    decode_head=dict(preset={preset!r}, in_channels=[32, 64],
+                     in_index=[0, 1], pool_scales=(1, 2), channels=16,
+                     dropout_ratio=0.0, num_classes={num_classes},
+                     norm_cfg=dict(type={norm!r}, requires_grad=True)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs')
+]
+train_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root,
+                                                   pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(data_root=data_root,
+                                   pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters={iters}, val_interval=1000)
+default_hooks = dict(logger=dict(interval=1),
+                     checkpoint=dict(interval={ckpt_interval},
+                                     save_last=True))
+"""
+
+
+def write_binary_config(path: Path, data_root: Path, preset: str = 'didb',
+                        norm: str = 'BN', iters: int = 3,
+                        ckpt_interval: int = 3, num_classes: int = 8,
+                        extra: str = '') -> Path:
+    """Writes a tiny binary demo config (see ``TINY_BINARY_CONFIG``) plus
+    ``extra`` config lines (top-level keys other than ``model``) to
+    ``path``."""
+    path.write_text(TINY_BINARY_CONFIG.format(
+        demo=str(REPO_ROOT / 'configs' / 'demo_texture.py'),
+        data_root=str(data_root), preset=preset, norm=norm, iters=iters,
+        ckpt_interval=ckpt_interval, num_classes=num_classes) + extra)
+    return path
+
+
 @pytest.fixture(scope='session')
 def repo_root() -> Path:
     return REPO_ROOT

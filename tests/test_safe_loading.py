@@ -170,20 +170,28 @@ def test_pretrain_cls_resume_refuses(evil, tmp_path):
 def test_runner_load_from_and_resume_refuse(evil, tiny_config, run_tool,
                                            tmp_path):
     """mmengine's loader (load_from of tools/test.py, --resume of
-    tools/train.py) unpickles weights-only too."""
+    tools/train.py) unpickles weights-only too, and names the opt-in;
+    --unsafe-load opts in, with a warning in the log."""
     path, marker = evil
     proc = run_tool(['tools/test.py', tiny_config, path, '--work-dir',
                      tmp_path / 'test'], check=False)
     assert proc.returncode != 0
-    assert 'Weights only load failed' in proc.stdout or \
-        'weights-only' in proc.stdout
+    assert 'weights-only loading refused' in proc.stdout
+    assert '--unsafe-load' in proc.stdout
     work = tmp_path / 'train'
     work.mkdir()
     (work / 'last_checkpoint').write_text(path)
     proc = run_tool(['tools/train.py', tiny_config, '--work-dir', work,
                      '--resume'], check=False)
     assert proc.returncode != 0
+    assert 'weights-only loading refused' in proc.stdout
     assert not marker.exists()
+    # the opt-in: the payload runs (the file really is unsafe), and the
+    # log says a full unpickle happened
+    proc = run_tool(['tools/test.py', tiny_config, path, '--work-dir',
+                     tmp_path / 'test2', '--unsafe-load'], check=False)
+    assert marker.exists()
+    assert 'FULL unpickle' in proc.stdout
 
 
 def test_pickle_payload_would_really_run(tmp_path):

@@ -84,45 +84,55 @@ def test_visualize_demo_writes_picture(tiny_run, tiny_config, tmp_path,
     assert colours & palette
 
 
-def test_train_args_match_mmseg(repo_root):
-    train = _load_tool(repo_root, 'train')
-    argv = [
-        'train.py', 'cfg.py', '--work-dir', 'wd', '--resume', '--amp',
-        '--cfg-options', 'a=1', 'b.c=[1,2]', '--launcher', 'pytorch',
-        '--local-rank', '3'
-    ]
-    old = sys.argv
-    local_rank = os.environ.pop('LOCAL_RANK', None)
-    try:
-        sys.argv = argv
-        args = train.parse_args()
-        assert os.environ['LOCAL_RANK'] == '3'
-    finally:
-        sys.argv = old
-        os.environ.pop('LOCAL_RANK', None)
-        if local_rank is not None:
-            os.environ['LOCAL_RANK'] = local_rank
+def _mmseg_args(name, argv, monkeypatch, repo_root):
+    """What the plugin's tools/<name>.py hands mmseg's own script: the
+    script path run and its command line, parsed by mmseg's parser."""
+    import runpy
+
+    from mmseg_didb.engine.mmseg_tools import mmseg_tool_path
+    seen = {}
+
+    def fake_run_path(path, run_name=None):
+        seen['path'], seen['argv'] = path, list(sys.argv)
+
+    monkeypatch.setattr(runpy, 'run_path', fake_run_path)
+    monkeypatch.delenv('LOCAL_RANK', raising=False)
+    # recorded, so that the tool's own setting is undone after the test
+    monkeypatch.setenv('MMSEG_DIDB_UNSAFE_LOAD', '0')
+    _load_tool(repo_root, name).main(argv)
+    assert seen['path'] == mmseg_tool_path(name)
+    # mmseg's own parser on what it was given
+    spec = importlib.util.spec_from_file_location(f'_mmseg_{name}',
+                                                  seen['path'])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, 'argv', seen['argv'])
+    return module.parse_args()
+
+
+def test_train_runs_mmseg_train_with_its_arguments(repo_root, monkeypatch):
+    argv = ['cfg.py', '--work-dir', 'wd', '--resume', '--amp',
+            '--cfg-options', 'a=1', 'b.c=[1,2]', '--launcher', 'pytorch',
+            '--local-rank', '3', '--unsafe-load']
+    args = _mmseg_args('train', argv, monkeypatch, repo_root)
     assert args.config == 'cfg.py' and args.work_dir == 'wd'
     assert args.resume and args.amp and args.launcher == 'pytorch'
     assert args.cfg_options == {'a': 1, 'b.c': [1, 2]}
+    assert os.environ['LOCAL_RANK'] == '3'
+    # the plugin option is the plugin's: mmseg's parser never saw it
+    assert os.environ['MMSEG_DIDB_UNSAFE_LOAD'] == '1'
 
 
-def test_test_args_match_mmseg(repo_root):
-    test = _load_tool(repo_root, 'test')
-    old = sys.argv
-    try:
-        sys.argv = [
-            'test.py', 'cfg.py', 'ckpt.pth', '--work-dir', 'wd', '--out',
-            'o', '--show-dir', 's', '--tta', '--launcher', 'slurm',
-            '--cfg-options', 'x=2'
-        ]
-        args = test.parse_args()
-    finally:
-        sys.argv = old
+def test_test_runs_mmseg_test_with_its_arguments(repo_root, monkeypatch):
+    argv = ['cfg.py', 'ckpt.pth', '--work-dir', 'wd', '--out', 'o',
+            '--show-dir', 's', '--tta', '--launcher', 'slurm',
+            '--cfg-options', 'x=2', '--packed']
+    args = _mmseg_args('test', argv, monkeypatch, repo_root)
     assert (args.config, args.checkpoint, args.out, args.show_dir) == \
         ('cfg.py', 'ckpt.pth', 'o', 's')
     assert args.tta and args.launcher == 'slurm'
     assert args.cfg_options == {'x': 2}
+    assert os.environ['MMSEG_DIDB_UNSAFE_LOAD'] == '0'
 
 
 def test_make_texture_dataset_cli(repo_root, tmp_path, capsys):

@@ -113,16 +113,17 @@ class BenchmarkResult:
 
 
 class StageTimer:
-    """Wall time of a segmentor's stages in one forward, split into binary
-    kernels and FP glue.
+    """Wall time of a segmentor's stages in one forward, split into packed
+    binary kernels and FP glue.
 
     Stages: the backbone's stem (``patch_embed``), each entry of its
     ``layers`` (Swin stages / ViT blocks), its other parts, the neck, the
-    decode head. Inside each stage, the time spent in the packed layers and
-    the packed attention matmuls (binarize-and-pack plus XNOR / AND-popcount
-    kernels) is the "binary kernels" column; the rest (norms, softmax,
-    shortcuts, RPReLU, resizes, FP convs) is "FP glue". Use as a context
-    manager around one inference.
+    decode head. Inside each stage, the time spent in the packed kernel
+    calls (binarize-and-pack, XNOR / AND-popcount products and what is fused
+    into them: a unit's norm, shortcut and (R)PReLU, the attention core of a
+    binary attention) is the "binary kernels" column; the rest (block
+    LayerNorms, residual additions, resizes, concatenations, FP convs) is
+    "FP glue". Use as a context manager around one inference.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -145,11 +146,15 @@ class StageTimer:
 
     def _timer(self, fn, stage: Optional[str]):
         """Wrap a bound method: stage time (``stage`` given) or kernel time
-        (attributed to the stage that is running)."""
+        (attributed to the stage that is running; a kernel call inside
+        another one, e.g. the q/k/v units of a fused attention core, is
+        counted once)."""
 
         def timed(*args, **kwargs):
             if stage is not None:
                 self._stack.append(stage)
+            else:
+                self._depth += 1
             t = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
@@ -159,8 +164,10 @@ class StageTimer:
                     self._stack.pop()
                     self.total[stage] = self.total.get(stage, 0.0) + dt
                 else:
-                    key = self._stack[-1] if self._stack else 'other'
-                    self.kernel[key] = self.kernel.get(key, 0.0) + dt
+                    self._depth -= 1
+                    if self._depth == 0:
+                        key = self._stack[-1] if self._stack else 'other'
+                        self.kernel[key] = self.kernel.get(key, 0.0) + dt
 
         return timed
 
@@ -172,16 +179,21 @@ class StageTimer:
         self._patched.append((module, method))
 
     def __enter__(self) -> 'StageTimer':
-        from ..deploy import (PackedAttentionMatmuls, PackedBinaryConv2d,
-                              PackedBinaryLinear)
+        from ..deploy import (PackedAttention, PackedAttentionMatmuls,
+                              PackedBinaryConv2d, PackedBinaryLinear)
+        self._depth = 0
         for name, m in self.stages:
             self._patch(m, 'forward', name)
         for m in self.model.modules():
-            if isinstance(m, (PackedBinaryLinear, PackedBinaryConv2d)):
+            if isinstance(m, PackedBinaryLinear):
+                self._patch(m, 'forward_rows', None)
+            elif isinstance(m, PackedBinaryConv2d):
                 self._patch(m, 'forward', None)
             elif isinstance(m, PackedAttentionMatmuls):
                 self._patch(m, 'similarity', None)
                 self._patch(m, 'aggregate', None)
+                if isinstance(m, PackedAttention):
+                    self._patch(m, 'attend', None)
         self._start = time.perf_counter()
         return self
 

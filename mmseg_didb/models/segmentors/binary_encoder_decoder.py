@@ -4,7 +4,8 @@ from typing import Dict, List, Optional
 from mmengine.logging import MessageHub, print_log
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
-from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig, SampleList
+from mmseg.utils import (ConfigType, OptConfigType, OptMultiConfig,
+                         OptSampleList, SampleList)
 from torch import Tensor, nn
 
 from ...binary import (BinaryPreset, GRSSchedule, binary_weight_layers,
@@ -153,8 +154,44 @@ class BinaryEncoderDecoder(EncoderDecoder):
         lam = float(self.grs_schedule(self.current_iter()))
         return {'loss_grs': reg * lam, 'grs_reg': reg.detach()}
 
+    def check_labels(self, data_samples: Optional[SampleList]) -> None:
+        """Refuse label maps with values that are neither a class index nor
+        the ignore index: the loss would fail with an index error (or read
+        out of bounds on a GPU) and IoUMetric would drop those pixels
+        silently.
+
+        Raises:
+            ValueError: naming the values found and what to check.
+        """
+        head = self.decode_head
+        n, ignore = int(head.num_classes), int(head.ignore_index)
+        for sample in data_samples or ():
+            seg = getattr(sample, 'gt_sem_seg', None)
+            if seg is None:
+                continue
+            labels = seg.data
+            bad = (labels >= n) | (labels < 0)
+            bad &= labels != ignore
+            if bool(bad.any()):
+                values = sorted(int(v) for v in labels[bad].unique()[:8])
+                path = sample.metainfo.get('seg_map_path', 'a label map')
+                raise ValueError(
+                    f'{path} holds label values {values} outside the '
+                    f'{n} classes [0, {n}) of the model (ignore index '
+                    f'{ignore}). Check num_classes of the heads against the '
+                    'dataset, reduce_zero_label (ADE20K-style maps use 0 '
+                    "for 'other') and the ignore index.")
+
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         """Segmentation losses of ``EncoderDecoder`` plus ``loss_grs``."""
+        self.check_labels(data_samples)
         losses = super().loss(inputs, data_samples)
         losses.update(self.regularizer_losses())
         return losses
+
+    def predict(self, inputs: Tensor,
+                data_samples: OptSampleList = None) -> SampleList:
+        """``EncoderDecoder.predict`` after :meth:`check_labels` (labels
+        that metrics would drop silently are refused)."""
+        self.check_labels(data_samples)
+        return super().predict(inputs, data_samples)

@@ -1,11 +1,13 @@
 from .checkpoint import (UNSAFE_OPT_IN, CheckpointMismatchError,
-                         UnsafeCheckpointError, load_checkpoint_strict,
+                         CorruptCheckpointError, UnsafeCheckpointError,
+                         load_checkpoint_strict,
                          read_checkpoint, read_state_dict,
                          resolve_checkpoint_path, unwrap_state_dict)
 from .swin_convert import convert_swin_state_dict, detect_swin_layout
 
 __all__ = [
-    'CheckpointMismatchError', 'UnsafeCheckpointError', 'UNSAFE_OPT_IN',
+    'CheckpointMismatchError', 'CorruptCheckpointError',
+    'UnsafeCheckpointError', 'UNSAFE_OPT_IN',
     'load_checkpoint_strict', 'read_checkpoint',
     'read_state_dict',
     'resolve_checkpoint_path', 'unwrap_state_dict', 'convert_swin_state_dict',

@@ -18,7 +18,8 @@ import torch.nn as nn
 from mmengine.logging import print_log
 
 __all__ = [
-    'CheckpointMismatchError', 'UnsafeCheckpointError', 'UNSAFE_OPT_IN',
+    'CheckpointMismatchError', 'CorruptCheckpointError',
+    'UnsafeCheckpointError', 'UNSAFE_OPT_IN',
     'read_checkpoint', 'read_state_dict',
     'unwrap_state_dict',
     'load_checkpoint_strict', 'resolve_checkpoint_path',
@@ -57,6 +58,11 @@ def resolve_checkpoint_path(path: str, hint: str = '') -> str:
     return full
 
 
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read (truncated, corrupt, not a
+    checkpoint)."""
+
+
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint that weights-only loading refuses (it pickles objects
     beyond tensors and the allowlisted Runner bookkeeping)."""
@@ -67,7 +73,8 @@ UNSAFE_OPT_IN = (
     'If you trust this file, opt in to a full unpickle, which runs any code '
     'the file carries: allow_unsafe_load=True in the backbone init_cfg, '
     'teacher_allow_unsafe_load=True for a distillation teacher, or '
-    '--unsafe-load on the tools (tools/deploy.py, tools/export_binary.py, '
+    '--unsafe-load on the tools (tools/train.py for load_from / --resume, '
+    'tools/test.py, tools/deploy.py, tools/export_binary.py, '
     'tools/convert_pretrained.py, tools/pretrain_cls.py). Better: re-save '
     'the weights as a plain state dict.')
 
@@ -90,9 +97,18 @@ def read_checkpoint(path: str, map_location: Any = 'cpu',
     Raises:
         UnsafeCheckpointError: the file needs a full unpickle and
             ``allow_unsafe`` is False; the message says how to opt in.
+        CorruptCheckpointError: the file is truncated or not a checkpoint.
     """
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (RuntimeError, EOFError, OSError) as e:
+        reason = str(e).splitlines()[0] if str(e) else 'unexpected end of file'
+        raise CorruptCheckpointError(
+            f'{path} cannot be read as a checkpoint ({reason[:160]}): the '
+            'file is truncated or corrupt, e.g. an interrupted download or '
+            'save. Download or save it again.') from None
     except pickle.UnpicklingError as e:
         reason = next((line.strip() for line in str(e).splitlines()
                        if 'Unsupported global' in line or 'refused' in line),
