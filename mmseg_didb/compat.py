@@ -14,7 +14,8 @@ covered by ``tests/test_compat.py``:
    When, and only when, the real ``mmcv._ext`` cannot be imported, a
    placeholder module is installed: importing works, and calling any compiled
    op raises :class:`MissingCompiledOpError` saying that a full mmcv build is
-   needed for that op. A full mmcv is used unchanged.
+   needed for that op, except NMS, which runs on torchvision's (so mmdet's
+   test-time box filtering works on CPU). A full mmcv is used unchanged.
 2. **torch >= 2.6 loads with ``weights_only=True``** (:func:`allow_runner_
    checkpoints`). mmengine 0.10.7 calls ``torch.load`` without
    ``weights_only``, so ``--resume``, ``load_from`` and ``tools/test.py`` fail on
@@ -103,6 +104,23 @@ class _MissingOp:
         return f'<missing compiled mmcv op {self.name!r}>'
 
 
+def _nms_fallback(boxes: Any, scores: Any, iou_threshold: float,
+                  offset: int = 0) -> Any:
+    """``mmcv._ext.nms`` on torchvision's NMS (kept indices, best first),
+    so mmdet's test-time NMS runs on CPU without the compiled mmcv."""
+    if int(offset) != 0:
+        raise MissingCompiledOpError(
+            'mmcv op "nms" with offset=1 (legacy "+1" box widths) needs the '
+            'compiled mmcv extension (mmcv._ext); the torchvision fallback '
+            'only does offset=0.')
+    from torchvision.ops import nms
+    return nms(boxes.float(), scores.float(), float(iou_threshold))
+
+
+#: ops of the placeholder that run on a pure-PyTorch / torchvision fallback
+_FALLBACK_OPS = {'nms': _nms_fallback}
+
+
 def mmcv_ext_is_placeholder() -> bool:
     """True when ``mmcv._ext`` is this module's placeholder."""
     module = sys.modules.get('mmcv._ext')
@@ -130,13 +148,14 @@ def install_mmcv_ext_placeholder() -> bool:
     module.__spec__ = importlib.machinery.ModuleSpec('mmcv._ext', None)
     module.__doc__ = ('Placeholder installed by mmseg_didb.compat: the '
                       'compiled mmcv extension is missing; calling an op '
-                      'raises MissingCompiledOpError.')
+                      'raises MissingCompiledOpError, except nms (on '
+                      'torchvision).')
     setattr(module, _PLACEHOLDER_FLAG, True)
 
-    def _getattr(name: str) -> _MissingOp:
+    def _getattr(name: str) -> Callable:
         if name.startswith('__'):
             raise AttributeError(name)
-        return _MissingOp(name, reason)
+        return _FALLBACK_OPS.get(name) or _MissingOp(name, reason)
 
     module.__getattr__ = _getattr  # type: ignore[attr-defined]
     sys.modules['mmcv._ext'] = module

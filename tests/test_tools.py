@@ -89,7 +89,7 @@ def _mmseg_args(name, argv, monkeypatch, repo_root):
     script path run and its command line, parsed by mmseg's parser."""
     import runpy
 
-    from mmseg_didb.engine.mmseg_tools import mmseg_tool_path
+    from mmseg_didb.engine.mmseg_tools import tool_path
     seen = {}
 
     def fake_run_path(path, run_name=None):
@@ -100,7 +100,7 @@ def _mmseg_args(name, argv, monkeypatch, repo_root):
     # recorded, so that the tool's own setting is undone after the test
     monkeypatch.setenv('MMSEG_DIDB_UNSAFE_LOAD', '0')
     _load_tool(repo_root, name).main(argv)
-    assert seen['path'] == mmseg_tool_path(name)
+    assert seen['path'] == tool_path(name)
     # mmseg's own parser on what it was given
     spec = importlib.util.spec_from_file_location(f'_mmseg_{name}',
                                                   seen['path'])

@@ -4,6 +4,10 @@ Example:
     python tools/make_texture_dataset.py data/texture_mosaic
     python tools/make_texture_dataset.py data/tm_small --num-train 40 \\
         --num-val 10 --seed 3
+    python tools/make_texture_dataset.py data/texture_mosaic --coco
+
+``--coco`` also writes COCO-format detection annotations (every region of a
+class an instance) for mmdet: ``annotations/instances_<split>.json``.
 """
 import argparse
 import os.path as osp
@@ -14,7 +18,8 @@ import time
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmseg_didb.datasets.texture_maker import (  # noqa: E402
-    CLASS_SETS, MosaicSpec, build_dataset, class_names, is_built)
+    CLASS_SETS, MosaicSpec, build_dataset, class_names, is_built,
+    write_coco_annotations)
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,6 +60,11 @@ def parse_args() -> argparse.Namespace:
         action='store_true',
         help='grayscale photographs: the classes differ by texture only')
     parser.add_argument(
+        '--coco',
+        action='store_true',
+        help='also write COCO detection annotations (mmdet): '
+        'annotations/instances_{training,validation}.json')
+    parser.add_argument(
         '--force',
         action='store_true',
         help='rebuild even if an identical build is present')
@@ -77,13 +87,16 @@ def main() -> None:
     if not args.force and is_built(args.out_dir, spec):
         print(f'{args.out_dir}: already built with these settings '
               '(use --force to rebuild).')
-        return
-    start = time.time()
-    build_dataset(args.out_dir, spec)
-    names = class_names(args.classes)
-    print(f'{len(names)} classes: {", ".join(names)} (labels 1..'
-          f'{len(names)}, 0 = other/ignore); built in '
-          f'{time.time() - start:.1f} s.')
+    else:
+        start = time.time()
+        build_dataset(args.out_dir, spec)
+        names = class_names(args.classes)
+        print(f'{len(names)} classes: {", ".join(names)} (labels 1..'
+              f'{len(names)}, 0 = other/ignore); built in '
+              f'{time.time() - start:.1f} s.')
+    if args.coco:
+        for path in write_coco_annotations(args.out_dir):
+            print(f'COCO annotations -> {path}')
 
 
 if __name__ == '__main__':

@@ -3,7 +3,7 @@
 #
 #   bash tools/setup_env.sh        (called by tools/demo.sh, tools/run_tests.sh)
 #
-# Installs requirements/runtime.txt + requirements/tests.txt under the tested
+# Installs requirements/{runtime,tests,integrations}.txt under the tested
 # pins of requirements/constraints.txt, then the package itself in editable
 # mode. A stamp file in .venv/ holds a hash of those files: when it matches,
 # nothing is installed (fast path). An existing .venv/ is never recreated;
@@ -22,7 +22,8 @@ cd "$ROOT"
 # what the environment is built from: the pins, the build script and the
 # C++ sources of the kernels (a change rebuilds them)
 REQS=(requirements/constraints.txt requirements/runtime.txt
-      requirements/tests.txt requirements/build.txt setup.py
+      requirements/tests.txt requirements/integrations.txt
+      requirements/build.txt setup.py
       mmseg_didb/deploy/csrc/*)
 WANT="$(cat "${REQS[@]}" | sha256sum | cut -d' ' -f1)"
 
@@ -66,6 +67,7 @@ echo "setup_env: installing the tested stack into $VENV (pinned by requirements/
 "$VENV/bin/python" -m pip install --disable-pip-version-check \
     -c requirements/constraints.txt \
     -r requirements/runtime.txt -r requirements/tests.txt \
+    -r requirements/integrations.txt \
     -r requirements/build.txt
 # The package itself, editable: no dependencies (all pinned above) and no
 # build isolation (setuptools and torch are already in the environment). This

@@ -20,8 +20,8 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmseg_didb  # noqa: E402,F401
 
-from mmseg_didb.engine.mmseg_tools import (extra_custom_hooks,  # noqa: E402
-                                           plugin_parser, run_mmseg_tool)
+from mmseg_didb.engine.mmseg_tools import (  # noqa: E402
+    extra_custom_hooks, plugin_parser, run_openmmlab_tool)
 
 
 def main(argv=None) -> None:
@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     packed = parser.parse_known_args(argv)[0].packed
     hooks = [dict(type='PackedInferenceHook')] if packed else []
     with extra_custom_hooks(hooks):
-        run_mmseg_tool('test', parser, argv)
+        run_openmmlab_tool('test', parser, argv)
 
 
 if __name__ == '__main__':

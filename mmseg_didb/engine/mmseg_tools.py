@@ -1,10 +1,14 @@
-"""Run mmseg's own ``tools/train.py`` and ``tools/test.py`` with the plugin.
+"""Run mmseg's (or mmpretrain's, mmdet's) own ``tools/train.py`` and
+``tools/test.py`` with the plugin.
 
-mmseg's wheel ships its tools (``mmseg/.mim/tools``); the plugin's
-``tools/train.py`` and ``tools/test.py`` import the plugin (its registries
-and the compatibility fixes of :mod:`mmseg_didb.compat`), take the few
-options of their own out of the command line and run mmseg's script with
-the rest, so the argument set and behaviour are mmseg's exactly.
+The OpenMMLab wheels ship their tools (``<package>/.mim/tools``); the
+plugin's ``tools/train.py`` and ``tools/test.py`` import the plugin (its
+registries and the compatibility fixes of :mod:`mmseg_didb.compat`), take
+the few options of their own out of the command line and run the toolbox's
+script with the rest, so the argument set and behaviour are the toolbox's
+exactly. The toolbox is the config's ``default_scope``: mmseg for the
+segmentation configs, mmpretrain for ``configs/pretrain/``, mmdet for
+``configs/det/`` (its integration module is imported first).
 """
 import argparse
 import contextlib
@@ -20,23 +24,52 @@ from mmengine.logging import print_log
 
 from ..compat import UNSAFE_LOAD_ENV
 
-__all__ = ['mmseg_tool_path', 'run_mmseg_tool', 'plugin_parser',
-           'extra_custom_hooks']
+__all__ = ['TOOLBOXES', 'tool_path', 'config_toolbox', 'run_openmmlab_tool',
+           'plugin_parser', 'extra_custom_hooks']
+
+#: toolboxes whose tools run the plugin's configs (by ``default_scope``),
+#: and the plugin module each needs imported first
+TOOLBOXES = {
+    'mmseg': None,
+    'mmpretrain': 'mmseg_didb.integrations.mmpretrain',
+    'mmdet': 'mmseg_didb.integrations.mmdet',
+}
 
 
-def mmseg_tool_path(name: str) -> str:
-    """Path of mmseg's own ``tools/<name>.py`` in its installed wheel."""
-    spec = importlib.util.find_spec('mmseg')
+def tool_path(name: str, package: str = 'mmseg') -> str:
+    """Path of ``tools/<name>.py`` in the installed wheel of ``package``."""
+    spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise ImportError('mmseg is not installed; run the set-up '
+        raise ImportError(f'{package} is not installed; run the set-up '
                           '(bash tools/setup_env.sh)')
     path = osp.join(osp.dirname(spec.origin), '.mim', 'tools', f'{name}.py')
     if not osp.isfile(path):
         raise FileNotFoundError(
-            f'{path} is missing: this mmsegmentation install has no tools; '
-            'reinstall the mmsegmentation==1.2.2 wheel (bash '
-            'tools/setup_env.sh)')
+            f'{path} is missing: this {package} install has no tools; '
+            f'reinstall the {package} wheel pinned in '
+            'requirements/constraints.txt (bash tools/setup_env.sh)')
     return path
+
+
+def config_toolbox(config: Optional[str]) -> str:
+    """The toolbox whose tools run ``config``: its ``default_scope``.
+
+    A path that is not a file is left to mmseg's tool (which reports it).
+
+    Raises:
+        ValueError: a ``default_scope`` no toolbox of :data:`TOOLBOXES`
+            handles.
+    """
+    if not config or not osp.isfile(config):
+        return 'mmseg'
+    from mmengine.config import Config
+    scope = Config.fromfile(config).get('default_scope') or 'mmseg'
+    if scope not in TOOLBOXES:
+        raise ValueError(
+            f"{config} has default_scope={scope!r}; the plugin's tools run "
+            f'configs of {sorted(TOOLBOXES)}. Use that toolbox\'s own tools '
+            'with custom_imports of mmseg_didb.')
+    return scope
 
 
 def plugin_parser(description: str) -> argparse.ArgumentParser:
@@ -52,16 +85,18 @@ def plugin_parser(description: str) -> argparse.ArgumentParser:
 
 
 def _print_plugin_help(parser: argparse.ArgumentParser, name: str) -> None:
-    print(f'mmseg_didb options (the rest are mmseg\'s tools/{name}.py):')
+    print(f'mmseg_didb options (the rest are those of tools/{name}.py of '
+          "mmseg, or of mmpretrain / mmdet for their configs):")
     for action in parser._actions:
         print(f"  {', '.join(action.option_strings):18s} {action.help}")
     print()
 
 
-def run_mmseg_tool(name: str, parser: argparse.ArgumentParser,
-                   argv: Optional[Sequence[str]] = None):
-    """Parse the plugin options of ``parser`` out of ``argv`` and run
-    mmseg's ``tools/<name>.py`` with the rest as its command line.
+def run_openmmlab_tool(name: str, parser: argparse.ArgumentParser,
+                       argv: Optional[Sequence[str]] = None):
+    """Parse the plugin options of ``parser`` out of ``argv`` and run the
+    config's toolbox's ``tools/<name>.py`` (see :func:`config_toolbox`)
+    with the rest as its command line.
 
     Returns:
         The plugin options (``argparse.Namespace``), after the run.
@@ -75,7 +110,11 @@ def run_mmseg_tool(name: str, parser: argparse.ArgumentParser,
         print_log('--unsafe-load: checkpoints that weights-only loading '
                   'refuses are fully unpickled (trusted files only)',
                   logger='current', level=logging.WARNING)
-    path = mmseg_tool_path(name)
+    config = rest[0] if rest and not rest[0].startswith('-') else None
+    toolbox = config_toolbox(config)
+    if TOOLBOXES[toolbox]:
+        importlib.import_module(TOOLBOXES[toolbox])
+    path = tool_path(name, toolbox)
     saved = sys.argv
     sys.argv = [path] + rest
     try:

@@ -432,8 +432,9 @@ class DIDBSwin(StrictPretrainedMixin, BaseModule):
             for p in m.parameters():
                 p.requires_grad = False
 
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """``(B, 3, H, W)`` -> list of ``(B, C_i, H_i, W_i)`` for ``out_indices``."""
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """``(B, 3, H, W)`` -> tuple of ``(B, C_i, H_i, W_i)`` for
+        ``out_indices`` (a tuple, as OpenMMLab necks expect)."""
         x = self.patch_embed(x)
         B, H, W, C = x.shape
         hw = (H, W)
@@ -445,4 +446,4 @@ class DIDBSwin(StrictPretrainedMixin, BaseModule):
                 out = getattr(self, f'norm{i}')(x)
                 outs.append(out.view(B, hw[0], hw[1], -1).permute(
                     0, 3, 1, 2).contiguous())
-        return outs
+        return tuple(outs)
