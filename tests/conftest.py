@@ -147,6 +147,47 @@ def write_binary_config(path: Path, data_root: Path, preset: str = 'didb',
     return path
 
 
+def tiny_segmentor(preset='didb', head: str = 'uper', embed_dims: int = 32,
+                   backbone: str = 'swin', **kwargs) -> dict:
+    """Model dict of a tiny binary segmentor at 32x32 (random init): a
+    two-stage DIDBSwin (or a two-layer DIDBViT with the binary neck) and a
+    binary UPerHead (``head='uper'``) or one-conv FCN head (``'fcn'``);
+    ``kwargs`` go to the segmentor."""
+    if backbone == 'swin':
+        channels = [embed_dims, 2 * embed_dims]
+        model = dict(backbone=dict(
+            type='DIDBSwin', preset=preset, embed_dims=embed_dims,
+            depths=(1, 1), num_heads=(1, 2), window_size=4,
+            out_indices=(0, 1), pretrain_img_size=32, drop_path_rate=0.))
+    elif backbone == 'vit':
+        channels = [embed_dims, embed_dims]
+        model = dict(
+            backbone=dict(
+                type='DIDBViT', preset=preset,
+                arch=dict(embed_dims=embed_dims, num_layers=2, num_heads=2),
+                img_size=32, patch_size=8, out_indices=(0, 1),
+                drop_path_rate=0.),
+            neck=dict(type='BinaryMultiLevelNeck', preset=preset,
+                      in_channels=channels, out_channels=embed_dims,
+                      scales=[2, 1]))
+    else:
+        raise ValueError(f'backbone must be swin or vit, got {backbone!r}')
+    if head == 'uper':
+        model['decode_head'] = dict(
+            type='BinaryUPerHead', preset=preset, in_channels=channels,
+            in_index=[0, 1], pool_scales=(1, 2), channels=16,
+            num_classes=4, loss_decode=dict(type='CrossEntropyLoss'))
+    else:
+        model['decode_head'] = dict(
+            type='BinaryFCNHead', preset=preset, in_channels=channels[1],
+            in_index=1, channels=16, num_convs=1, concat_input=False,
+            num_classes=4, loss_decode=dict(type='CrossEntropyLoss'))
+    return dict(
+        type='BinaryEncoderDecoder',
+        data_preprocessor=dict(type='SegDataPreProcessor', size=(32, 32)),
+        **model, **kwargs)
+
+
 @pytest.fixture(scope='session')
 def repo_root() -> Path:
     return REPO_ROOT

@@ -13,26 +13,12 @@ from mmengine.optim import AmpOptimWrapper
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
-from conftest import write_binary_config
+from conftest import tiny_segmentor, write_binary_config
 from mmseg_didb.analysis.benchmark import make_batch
 from mmseg_didb.binary import PRESETS, ElasticUnsigned
 
 init_default_scope('mmseg')
 torch.set_num_threads(2)
-
-
-def tiny_segmentor(preset):
-    return dict(
-        type='BinaryEncoderDecoder',
-        data_preprocessor=dict(type='SegDataPreProcessor', size=(32, 32)),
-        backbone=dict(type='DIDBSwin', preset=preset, embed_dims=32,
-                      depths=(1, 1), num_heads=(1, 2), window_size=4,
-                      out_indices=(0, 1), pretrain_img_size=32,
-                      drop_path_rate=0.),
-        decode_head=dict(type='BinaryUPerHead', preset=preset,
-                         in_channels=[32, 64], in_index=[0, 1],
-                         pool_scales=(1, 2), channels=16, num_classes=4,
-                         loss_decode=dict(type='CrossEntropyLoss')))
 
 
 def amp_steps(model, device, dtype, steps=3):

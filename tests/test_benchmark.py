@@ -76,3 +76,33 @@ def test_benchmark_cli_vs_fp(tmp_path, capsys):
     assert data == json.loads(json.dumps(out))
     for r in data['results'].values():
         assert r['train']['median_s'] > 0 and r['infer']['median_s'] > 0
+
+
+def test_vs_mmseg_picks_the_stock_config_of_the_architecture():
+    from mmengine.config import Config
+
+    from mmseg_didb.analysis.builder import comparison_config
+    swin = comparison_config(Config(tiny_cfg()), 'mmseg')
+    assert swin.model.backbone.type == 'SwinTransformer'
+    assert swin.model.backbone.embed_dims == 96
+    assert swin.model.decode_head.type == 'UPerHead'
+    vit_cfg = Config.fromfile('configs/didb_deit_s_ade20k.py')
+    vit = comparison_config(vit_cfg, 'mmseg')
+    assert vit.model.backbone.type == 'VisionTransformer'
+    assert vit.model.backbone.embed_dims == 384
+    bad = Config(tiny_cfg())
+    bad.model.backbone.type = 'ResNetV1c'
+    import pytest
+    with pytest.raises(ValueError, match='stock configs'):
+        comparison_config(bad, 'mmseg')
+
+
+def test_ratios_of_the_first_model_to_each_other():
+    res = benchmark_model(lambda: build_segmentor(tiny_cfg()), 'a',
+                          shape=(32, 32), batch_size=2, warmup=0, repeats=1,
+                          device='cpu', phases=('infer', ))
+    other = benchmark_model(lambda: build_segmentor(tiny_cfg('fp')), 'b',
+                            shape=(32, 32), batch_size=2, warmup=0,
+                            repeats=1, device='cpu', phases=('infer', ))
+    text = format_results([res, other, other], 'cpu', (32, 32), 2)
+    assert text.count('ratio a / b') == 2

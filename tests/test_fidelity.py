@@ -10,6 +10,7 @@ from mmengine.logging import MessageHub
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
+from conftest import tiny_segmentor as shared_tiny_segmentor
 from mmseg_didb.analysis import build_segmentor, load_config
 from mmseg_didb.analysis.benchmark import make_batch
 from mmseg_didb.analysis.gradients import sign_gradient_coverage
@@ -50,18 +51,8 @@ def test_deit_neck_norm_follows_norm_cfg():
 
 
 def tiny_segmentor(preset, **kwargs):
-    return dict(
-        type='BinaryEncoderDecoder',
-        data_preprocessor=dict(type='SegDataPreProcessor', size=(32, 32)),
-        backbone=dict(type='DIDBSwin', preset=preset, embed_dims=16,
-                      depths=(1, 1), num_heads=(1, 2), window_size=4,
-                      out_indices=(0, 1), pretrain_img_size=32,
-                      drop_path_rate=0.),
-        decode_head=dict(type='BinaryFCNHead', preset=preset, in_channels=32,
-                         in_index=1, channels=16, num_convs=1,
-                         concat_input=False, num_classes=4,
-                         loss_decode=dict(type='CrossEntropyLoss')),
-        **kwargs)
+    return shared_tiny_segmentor(preset, head='fcn', embed_dims=16,
+                                 **kwargs)
 
 
 def test_grs_is_switched_by_the_preset():

@@ -426,7 +426,8 @@ def benchmark_isolated(config, name: str, threads: Optional[int] = None,
 def format_results(results: List[BenchmarkResult], device: str,
                    shape: Tuple[int, int], batch_size: int,
                    threads: Optional[int] = None) -> str:
-    """Table of medians and peaks, plus ratios of each model to the last."""
+    """Table of medians and peaks, plus the ratios of the first model to
+    each of the others."""
 
     def ms(x: float) -> str:
         return f'{x * 1e3:.1f}' if x == x else '-'
@@ -437,12 +438,11 @@ def format_results(results: List[BenchmarkResult], device: str,
     head = ('model', 'train ms', 'train peak MB', 'infer ms', 'infer peak MB')
     rows = [(r.name, ms(r.train.median), mb(r.train.peak_bytes),
              ms(r.infer.median), mb(r.infer.peak_bytes)) for r in results]
-    if len(results) == 2:
-        a, b = results
+    def ratio(x, y) -> str:
+        return f'{x / y:.2f}x' if x and y and x == x and y == y else '-'
 
-        def ratio(x, y) -> str:
-            return f'{x / y:.2f}x' if x and y and x == x and y == y else '-'
-
+    a = results[0]
+    for b in results[1:]:
         rows.append((f'ratio {a.name} / {b.name}',
                      ratio(a.train.median, b.train.median),
                      ratio(a.train.peak_bytes, b.train.peak_bytes),

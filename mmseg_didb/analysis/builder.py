@@ -13,6 +13,14 @@ from typing import Any, Callable, Optional, Union
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
+#: mmseg's stock FP UPerNet config of each plugin backbone (``--vs mmseg``)
+MMSEG_STOCK_CONFIGS = {
+    'DIDBSwin': 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_'
+                '8xb2-160k_ade20k-512x512.py',
+    'DIDBViT': 'mmseg::vit/vit_deit-s16_upernet_8xb2-160k_ade20k-'
+               '512x512.py',
+}
+
 #: Keys that only matter for training with a teacher; dropped for analysis.
 _DISTILL_KEYS = ('teacher_config', 'teacher_checkpoint', 'distill',
                  'allow_random_teacher', 'teacher_allow_unsafe_load')
@@ -29,6 +37,9 @@ def load_config(config: Union[str, Config, dict],
     Raises:
         FileNotFoundError: if ``config`` is a path that does not exist.
     """
+    if isinstance(config, str):
+        from ..models.utils.config import package_config_path
+        config = package_config_path(config)
     if isinstance(config, Config):
         cfg = copy.deepcopy(config)
     elif isinstance(config, dict):
@@ -48,13 +59,24 @@ def comparison_config(cfg: Config, vs: str,
                       cfg_options: Optional[dict] = None) -> Optional[Config]:
     """The config an efficiency tool compares ``cfg`` with (``--vs``).
 
-    ``'auto'``: :func:`fp_counterpart` of ``cfg``; ``'none'``: None (no
-    comparison); anything else: that config file, with ``cfg_options``.
+    ``'auto'``: :func:`fp_counterpart` of ``cfg``; ``'mmseg'``: mmseg's
+    own stock FP config of the same architecture
+    (:data:`MMSEG_STOCK_CONFIGS`, from its installed package); ``'none'``:
+    None (no comparison); anything else: that config file (``'mmseg::...'``
+    for one shipped with mmseg), with ``cfg_options``.
     """
     if vs == 'none':
         return None
     if vs == 'auto':
         return fp_counterpart(cfg)
+    if vs == 'mmseg':
+        backbone = cfg.model.backbone.type.split('.')[-1]
+        if backbone not in MMSEG_STOCK_CONFIGS:
+            raise ValueError(
+                f'--vs mmseg knows the stock configs of '
+                f'{sorted(MMSEG_STOCK_CONFIGS)}, not of {backbone}; pass '
+                "the config to compare with ('mmseg::<dir>/<file>.py').")
+        vs = MMSEG_STOCK_CONFIGS[backbone]
     return load_config(vs, cfg_options)
 
 

@@ -4,6 +4,7 @@ Quantizers, binary layers and units, (Token) RPReLU, the undecimated Haar
 transform, the GRS-like regulariser, the run-time binarization switch and the
 preset table shared by every model of the plugin.
 """
+from .compact import compact_saves, compact_saves_enabled
 from .haar import haar2d, haar_split, ihaar2d
 from .layers import (BinaryConv2d, BinaryConvUnit, BinaryLinear,
                      BinaryLinearUnit, ChannelShortcut, ConvBypass,
@@ -23,6 +24,7 @@ from .switch import (binarization, binarization_state, iter_quantizers,
                      set_binarization)
 
 __all__ = [
+    'compact_saves', 'compact_saves_enabled',
     'haar2d', 'ihaar2d', 'haar_split', 'BinaryLinear', 'BinaryConv2d',
     'ChannelShortcut', 'MergeShortcut', 'TokenNorm', 'BinaryLinearUnit',
     'ConvBypass',

@@ -17,8 +17,10 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from .compact import binary_operands
 from .presets import BinaryPreset, resolve_preset
 from .quantizers import build_act_quantizer, build_weight_quantizer
 from .rprelu import TokenRPReLU
@@ -80,6 +82,20 @@ class _BinaryMixin:
             return x
         return self.input_quantizer(x)
 
+    def binary_operands(self, x_b: Tensor, w_b: Tensor):
+        """Context in which the layer's matmul / conv keeps its binary
+        operands as sign bits for backward (:mod:`mmseg_didb.binary.
+        compact`): ``x_b`` when the input quantizer is on, ``w_b`` when the
+        weight quantizer is."""
+        ops = []
+        q = self.input_quantizer
+        if q is not None and q.enabled:
+            ops.append((x_b, q.output_level().to(x_b.device)))
+        q = self.weight_quantizer
+        if q is not None and q.enabled:
+            ops.append((w_b, q.scale(self.weight)))
+        return binary_operands(ops)
+
 
 class BinaryLinear(_BinaryMixin, nn.Linear):
     """``nn.Linear`` with a weight and an input quantizer.
@@ -109,8 +125,9 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
                               -1, preset)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.quantized_input(x), self.quantized_weight(),
-                        self.bias)
+        x_b, w_b = self.quantized_input(x), self.quantized_weight()
+        with self.binary_operands(x_b, w_b):
+            return F.linear(x_b, w_b, self.bias)
 
 
 class BinaryConv2d(_BinaryMixin, nn.Conv2d):
@@ -141,8 +158,9 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
                               1, preset)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.quantized_input(x),
-                                  self.quantized_weight(), self.bias)
+        x_b, w_b = self.quantized_input(x), self.quantized_weight()
+        with self.binary_operands(x_b, w_b):
+            return self._conv_forward(x_b, w_b, self.bias)
 
 
 class ChannelShortcut(nn.Module):
@@ -421,7 +439,18 @@ class BinaryConvUnit(nn.Module):
         self.bypass = (ConvBypass(in_channels, out_channels, stride)
                        if bypass and p.unit else None)
 
+    #: activation checkpointing of the unit in training (set by the heads'
+    #: and the neck's ``with_cp``): its inner tensors are recomputed in the
+    #: backward pass instead of being kept
+    with_cp: bool = False
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.with_cp and self.training and x.requires_grad:
+            return torch.utils.checkpoint.checkpoint(
+                self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         y = self.norm(self.conv(x))
         if self.bypass is not None:
             b = self.bypass(x)

@@ -70,13 +70,21 @@ class _SignFn(torch.autograd.Function):
         return sign(x)
 
 
-class _SignClippedSTE(_SignFn):
-    """sign(x); backward grad * 1[|x| <= 1] (BNN clipped straight-through)."""
+class _SignClippedSTE(torch.autograd.Function):
+    """sign(x); backward grad * 1[|x| <= 1] (BNN clipped straight-through).
+
+    Saves the window ``|x| <= 1`` as a boolean mask, not ``x``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x.abs() <= 1)
+        return sign(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        x, = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+        window, = ctx.saved_tensors
+        return grad * window.to(grad.dtype)
 
 
 class _SignApprox(_SignFn):
@@ -98,20 +106,21 @@ class _ElasticSignFn(torch.autograd.Function):
     grad_x = grad * 1[|x / alpha| <= 1];
     grad_alpha = sum(sign(x) * grad) / sqrt(N), N = x.numel()
     (BiT NeurIPS 2022, Eq. 8; LSQ gradient scale with Q_p = 1).
+    Saves the window and the sign as boolean masks, not ``x``.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor) -> Tensor:
-        ctx.save_for_backward(x, alpha)
+        window = (x.float() / alpha).abs() <= 1
+        ctx.save_for_backward(window, x >= 0, alpha)
         return sign(x) * alpha.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tuple[Tensor, Tensor]:
-        x, alpha = ctx.saved_tensors
-        q = x.float() / alpha
-        grad_x = grad * (q.abs() <= 1).to(grad.dtype)
-        grad_alpha = (sign(x).float() * grad.float()).sum() / math.sqrt(
-            x.numel())
+        window, positive, alpha = ctx.saved_tensors
+        grad_x = grad * window.to(grad.dtype)
+        signs = torch.where(positive, 1.0, -1.0)
+        grad_alpha = (signs * grad.float()).sum() / math.sqrt(window.numel())
         return grad_x, grad_alpha.reshape(alpha.shape).to(alpha.dtype)
 
 
@@ -146,27 +155,28 @@ class _ScaledSignSTE(torch.autograd.Function):
 
     grad_w = grad * 1[|w| <= clip] (identity when ``clip`` is None);
     grad_scale = sum over broadcast dims of grad * sign(w) (only used when the
-    scale is learnable, BiViT PWS).
+    scale is learnable, BiViT PWS). Saves boolean masks (the window, and the
+    sign when the scale is learnable), not the latent weight.
     """
 
     @staticmethod
     def forward(ctx, w: Tensor, scale: Tensor,
                 clip: Optional[float]) -> Tensor:
-        ctx.save_for_backward(w, scale)
-        ctx.clip = clip
+        window = None if clip is None else w.abs() <= clip
+        positive = w >= 0 if ctx.needs_input_grad[1] else None
+        ctx.save_for_backward(window, positive)
+        ctx.scale_shape, ctx.scale_dtype = scale.shape, scale.dtype
         return sign(w) * scale.to(w.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        w, scale = ctx.saved_tensors
-        if ctx.clip is None:
-            grad_w = grad
-        else:
-            grad_w = grad * (w.abs() <= ctx.clip).to(grad.dtype)
+        window, positive = ctx.saved_tensors
+        grad_w = grad if window is None else grad * window.to(grad.dtype)
         grad_scale = None
         if ctx.needs_input_grad[1]:
-            grad_scale = (sign(w) * grad).float().sum_to_size(
-                scale.shape).to(scale.dtype)
+            signs = torch.where(positive, 1.0, -1.0).to(grad.dtype)
+            grad_scale = (signs * grad).float().sum_to_size(
+                ctx.scale_shape).to(ctx.scale_dtype)
         return grad_w, grad_scale, None
 
 
@@ -284,7 +294,11 @@ class RunningMagnitude(nn.Module):
         return self.magnitude.to(x.dtype).reshape(shape)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training or not bool(self.initialized):
+        # an activation-checkpointing recompute (inside the backward pass)
+        # repeats the step's forward: it must see the step's m, not update
+        # it a second time
+        recompute = torch._C._current_graph_task_id() != -1
+        if (self.training and not recompute) or not bool(self.initialized):
             self._update(x)
         return x / self.divisor(x)
 
@@ -354,6 +368,11 @@ class ActivationQuantizer(BinaryQuantizer):
         if self.input_scale is not None:
             x = self.input_scale(x)
         return self.quantize(x)
+
+    def output_level(self) -> Tensor:
+        """The level ``L`` of the (enabled) outputs ``+-L``: 1 for the sign
+        binarizers (used by the layers' compact autograd saves)."""
+        return torch.ones(())
 
     def _per_channel(self, p: Tensor, x: Tensor) -> Tensor:
         """Reshape a (C,) parameter to broadcast against ``x``."""
@@ -482,6 +501,9 @@ class ElasticSign(PositiveAlpha, ActivationQuantizer):
         if not bool(self.initialized):
             self._lazy_init(x)
         return _ElasticSignFn.apply(x, self.alpha)
+
+    def output_level(self) -> Tensor:
+        return self.alpha.detach()
 
 
 class ASMSign(ActivationQuantizer):

@@ -2,7 +2,8 @@
 
 Usage::
 
-    python tools/analysis/benchmark.py CONFIG [--vs FP_CONFIG] [--shape H W]
+    python tools/analysis/benchmark.py CONFIG [--vs auto|mmseg|none|CONFIG]
+        [--shape H W]
         [--batch-size N] [--warmup N] [--repeats N] [--device cpu|cuda]
         [--threads N] [--json [PATH]]
     python tools/analysis/benchmark.py CONFIG --packed [--shape 512 512]
@@ -49,7 +50,9 @@ def parse_args(argv=None):
     add_model_args(
         parser,
         vs_help="FP counterpart config; 'auto' (default) sets every preset "
-        "to 'fp'; 'none' benchmarks the model alone",
+        "to 'fp'; 'mmseg' adds mmseg's own stock FP config of the same "
+        "architecture (Swin-T / DeiT-S UPerNet, from its installed package) "
+        "to 'auto'; 'none' benchmarks the model alone",
         json_help='write JSON (stdout if no PATH)')
     parser.add_argument(
         '--batch-size', type=int, default=None,
@@ -111,10 +114,13 @@ def main(argv=None) -> dict:
     cfg = load_config(args.config, args.cfg_options)
     name = osp.splitext(osp.basename(args.config))[0]
     models = [(name + (' (packed)' if args.packed else ''), cfg)]
-    vs = comparison_config(cfg, args.vs, args.cfg_options)
-    if vs is not None:
-        models.append(('fp (preset=fp)' if args.vs == 'auto' else
-                       osp.splitext(osp.basename(args.vs))[0], vs))
+    # --vs mmseg: the derived FP counterpart and mmseg's stock config
+    for vs_name in (['auto', 'mmseg'] if args.vs == 'mmseg' else [args.vs]):
+        vs = comparison_config(cfg, vs_name, args.cfg_options)
+        if vs is not None:
+            label = {'auto': 'fp (preset=fp)', 'mmseg': 'mmseg stock FP'}.get(
+                vs_name, osp.splitext(osp.basename(vs_name))[0])
+            models.append((label, vs))
     shape = tuple(args.shape)
     thread_counts = ([t or (os.cpu_count() or 1) for t in args.threads_list]
                      if args.packed else [torch.get_num_threads()])

@@ -16,7 +16,7 @@ from torch import nn
 from ...binary import BinaryConvUnit, BinaryPreset
 
 __all__ = ['binary_unit_from_conv_module', 'binarize_conv_modules',
-           'rename_conv_module_norms']
+           'rename_conv_module_norms', 'set_unit_checkpointing']
 
 # mmcv names a ConvModule's norm after its type ('bn', 'gn', 'ln', ...); a
 # binary unit calls it 'norm'
@@ -108,3 +108,18 @@ def rename_conv_module_norms(module: nn.Module, state_dict: dict, prefix: str,
         new = f'{m.group(1)}.norm.{m.group(3)}'
         if new in own and key[len(prefix):] not in own:
             state_dict[prefix + new] = state_dict.pop(key)
+
+
+def set_unit_checkpointing(module: nn.Module, with_cp: bool) -> int:
+    """Switch activation checkpointing of every binary conv unit under
+    ``module`` (``BinaryConvUnit.with_cp``); returns how many there are.
+
+    Note: a checkpointed unit's BatchNorm sees the batch twice per step (the
+    forward and the recompute), so its running statistics take two momentum
+    steps per iteration, as with mmseg's ``with_cp`` backbones; gradients
+    are unchanged.
+    """
+    units = [m for m in module.modules() if isinstance(m, BinaryConvUnit)]
+    for unit in units:
+        unit.with_cp = bool(with_cp)
+    return len(units)

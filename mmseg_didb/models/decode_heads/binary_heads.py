@@ -17,7 +17,9 @@ from mmseg.models.decode_heads import FCNHead, UPerHead
 from mmseg.registry import MODELS
 
 from ...binary import BinaryPreset, resolve_preset
-from .binary_conv_module import binarize_conv_modules, rename_conv_module_norms
+from .binary_conv_module import (binarize_conv_modules,
+                                 rename_conv_module_norms,
+                                 set_unit_checkpointing)
 
 __all__ = ['BinaryUPerHead', 'BinaryFCNHead']
 
@@ -27,7 +29,8 @@ class BinaryHeadMixin:
 
     preset: BinaryPreset
 
-    def _binarize(self, preset, preset_overrides: Optional[dict]) -> None:
+    def _binarize(self, preset, preset_overrides: Optional[dict],
+                  with_cp: bool = False) -> None:
         if preset_overrides is not None and not isinstance(
                 preset_overrides, dict):
             raise TypeError('preset_overrides must be a dict such as '
@@ -39,6 +42,7 @@ class BinaryHeadMixin:
                 self, self.preset, self.norm_cfg, self.act_cfg)
             self._register_load_state_dict_pre_hook(
                 rename_conv_module_norms, with_module=True)
+        set_unit_checkpointing(self, with_cp)
 
 
 @MODELS.register_module()
@@ -53,6 +57,9 @@ class BinaryUPerHead(BinaryHeadMixin, UPerHead):
         preset: Binary preset name, :class:`BinaryPreset` or dict ('didb',
             'react', 'fp', ...); 'fp' keeps mmseg's UPerHead unchanged.
         preset_overrides: Preset fields to override, e.g. ``dict(act='ste')``.
+        with_cp: Activation checkpointing of every binary conv unit in
+            training (mmseg's ``with_cp``): less memory, one more forward
+            of the head per step.
         **kwargs: ``BaseDecodeHead`` arguments (in_channels, channels,
             in_index, num_classes, norm_cfg, act_cfg, align_corners,
             loss_decode, ...).
@@ -62,9 +69,10 @@ class BinaryUPerHead(BinaryHeadMixin, UPerHead):
                  pool_scales: Sequence[int] = (1, 2, 3, 6),
                  preset='didb',
                  preset_overrides: Optional[dict] = None,
+                 with_cp: bool = False,
                  **kwargs) -> None:
         super().__init__(pool_scales=pool_scales, **kwargs)
-        self._binarize(preset, preset_overrides)
+        self._binarize(preset, preset_overrides, with_cp)
 
 
 @MODELS.register_module()
@@ -75,6 +83,7 @@ class BinaryFCNHead(BinaryHeadMixin, FCNHead):
         preset: Binary preset name, :class:`BinaryPreset` or dict; 'fp' keeps
             mmseg's FCNHead unchanged.
         preset_overrides: Preset fields to override.
+        with_cp: Activation checkpointing of every binary conv unit.
         **kwargs: ``FCNHead`` arguments (num_convs, kernel_size, concat_input,
             dilation) and ``BaseDecodeHead`` arguments.
     """
@@ -82,6 +91,7 @@ class BinaryFCNHead(BinaryHeadMixin, FCNHead):
     def __init__(self,
                  preset='didb',
                  preset_overrides: Optional[dict] = None,
+                 with_cp: bool = False,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        self._binarize(preset, preset_overrides)
+        self._binarize(preset, preset_overrides, with_cp)

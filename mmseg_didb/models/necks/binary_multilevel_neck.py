@@ -9,6 +9,8 @@ from mmseg.registry import MODELS
 from mmseg_didb.binary.layers import BinaryConvUnit
 from mmseg_didb.binary.presets import BinaryPreset, resolve_preset
 
+from ..decode_heads.binary_conv_module import set_unit_checkpointing
+
 
 @MODELS.register_module()
 class BinaryMultiLevelNeck(MultiLevelNeck):
@@ -34,6 +36,8 @@ class BinaryMultiLevelNeck(MultiLevelNeck):
             activation (RPReLU for most presets).
         preset: Binarization preset (shared table of ``mmseg_didb.binary``).
         preset_overrides: Switch overrides for the preset.
+        with_cp: Activation checkpointing of every binary conv unit in
+            training.
     """
 
     def __init__(self,
@@ -43,7 +47,8 @@ class BinaryMultiLevelNeck(MultiLevelNeck):
                  norm_cfg: Optional[dict] = None,
                  act_cfg: Optional[dict] = None,
                  preset: Union[str, BinaryPreset, dict] = 'didb',
-                 preset_overrides: Optional[dict] = None) -> None:
+                 preset_overrides: Optional[dict] = None,
+                 with_cp: bool = False) -> None:
         if not isinstance(in_channels, (list, tuple)):
             raise TypeError('in_channels must be a list of ints, one per '
                             f'backbone output, got {in_channels!r}.')
@@ -64,6 +69,7 @@ class BinaryMultiLevelNeck(MultiLevelNeck):
             self._unit(out_channels, out_channels, kernel_size=3, padding=1)
             for _ in range(self.num_outs)
         ])
+        set_unit_checkpointing(self, with_cp)
 
     def _unit(self, in_channels: int, out_channels: int, kernel_size: int,
               padding: int) -> BinaryConvUnit:

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..losses import PixelKDLoss
 from ..utils.checkpoint import read_state_dict
+from ..utils.config import package_config_path
 from .binary_encoder_decoder import BinaryEncoderDecoder
 
 
@@ -26,12 +27,7 @@ def load_teacher_config(teacher_config: Union[str, dict, Config]) -> dict:
             with a ``model`` key) or a model dict (with a ``type`` key).
     """
     if isinstance(teacher_config, str):
-        path = teacher_config
-        if '::' in path:
-            package, rel = path.split('::', 1)
-            module = __import__(package)
-            path = osp.join(osp.dirname(module.__file__), '.mim', 'configs',
-                            rel)
+        path = package_config_path(teacher_config)
         if not osp.isfile(path):
             raise FileNotFoundError(
                 f'Teacher config {teacher_config!r} not found (looked at '

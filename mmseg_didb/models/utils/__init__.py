@@ -3,6 +3,7 @@ from .checkpoint import (UNSAFE_OPT_IN, CheckpointMismatchError,
                          load_checkpoint_strict,
                          read_checkpoint, read_state_dict,
                          resolve_checkpoint_path, unwrap_state_dict)
+from .config import package_config_path
 from .swin_convert import convert_swin_state_dict, detect_swin_layout
 
 __all__ = [
@@ -11,5 +12,5 @@ __all__ = [
     'load_checkpoint_strict', 'read_checkpoint',
     'read_state_dict',
     'resolve_checkpoint_path', 'unwrap_state_dict', 'convert_swin_state_dict',
-    'detect_swin_layout'
+    'detect_swin_layout', 'package_config_path'
 ]

@@ -1,0 +1,102 @@
+"""Compact autograd saves of the binary layers.
+
+A fake-quantized binary layer computes ``F.linear(x_b, w_b)`` (or a conv)
+on tensors whose entries are ``+-level``: the binarized input (``level`` 1,
+or BiT's ``alpha``) and the binarized weight (``level`` the per-row scale
+``a_r``). Autograd would keep both as float tensors for the backward pass.
+Inside :func:`binary_operands`, the layer's matmul / conv saves each of them
+as a boolean sign tensor (1 byte per entry instead of 4) plus its level, and
+rebuilds the float tensor, bit for bit, when the backward pass needs it:
+gradients are unchanged (``tests/test_compact_saves.py`` compares every
+parameter's gradient with the plain path), activation memory of the binary
+operands drops to a quarter.
+
+:func:`compact_saves` switches the mechanism off (``compact_saves(False)``),
+for comparisons; it is on by default.
+"""
+import contextlib
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ['binary_operands', 'compact_saves', 'compact_saves_enabled']
+
+_ENABLED = [True]
+
+
+@contextlib.contextmanager
+def compact_saves(enabled: bool = True) -> Iterator[None]:
+    """Turn compact saves of the binary layers on or off inside the block."""
+    previous = _ENABLED[0]
+    _ENABLED[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _ENABLED[0] = previous
+
+
+def compact_saves_enabled() -> bool:
+    """Whether the binary layers save their binary operands compactly."""
+    return _ENABLED[0]
+
+
+class _SignSaves:
+    """``saved_tensors_hooks`` pair packing views of the given +-level
+    tensors into (sign bits, level, shape, stride); everything else is kept
+    as it is."""
+
+    def __init__(self, operands: Sequence[Tuple[Tensor, Tensor]]) -> None:
+        # the hooks live as long as the graph: they must not hold the
+        # operands themselves, only what identifies them
+        self.operands = [(t.untyped_storage().data_ptr(), t.shape,
+                          t.stride(), level) for t, level in operands]
+
+    def _level_for(self, saved: Tensor) -> Optional[Tensor]:
+        ptr = saved.untyped_storage().data_ptr()
+        for base_ptr, shape, stride, level in self.operands:
+            if ptr != base_ptr or saved.numel() != shape.numel():
+                continue
+            if level.numel() == 1:
+                return level.reshape(())
+            if saved.shape == shape and saved.stride() == stride:
+                return level
+            # linear saves the weight transposed (a square one too: the
+            # strides tell)
+            if (saved.dim() == 2 and saved.shape == shape[::-1]
+                    and saved.stride() == stride[::-1]):
+                return level.reshape(shape[0], -1).t()
+        return None
+
+    def pack(self, saved: Tensor):
+        level = self._level_for(saved)
+        if level is None:
+            return saved
+        return (saved > 0, level.to(saved.dtype), saved.shape, saved.stride())
+
+    @staticmethod
+    def unpack(packed):
+        if isinstance(packed, Tensor):
+            return packed
+        bits, level, shape, stride = packed
+        out = torch.empty_strided(shape, stride, dtype=level.dtype,
+                                  device=bits.device)
+        return out.copy_(torch.where(bits, level, -level))
+
+
+def binary_operands(
+        operands: Sequence[Tuple[Tensor, Tensor]]
+) -> contextlib.AbstractContextManager:
+    """Context in which the matmul / conv of a binary layer saves the given
+    ``(tensor, level)`` operands as sign bits (entries of ``tensor`` are
+    ``+-level``, ``level`` a scalar or broadcastable per row).
+
+    A no-op when compact saves are off, no gradient is recorded or there is
+    no operand.
+    """
+    ops: List[Tuple[Tensor, Tensor]] = [
+        (t, level.detach()) for t, level in operands]
+    if not (ops and _ENABLED[0] and torch.is_grad_enabled()):
+        return contextlib.nullcontext()
+    saves = _SignSaves(ops)
+    return torch.autograd.graph.saved_tensors_hooks(saves.pack, saves.unpack)
