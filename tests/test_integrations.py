@@ -24,6 +24,15 @@ from mmdet.registry import MODELS as DET_MODELS  # noqa: E402
 from mmdet.structures import DetDataSample  # noqa: E402
 from mmengine.structures import InstanceData  # noqa: E402
 
+@pytest.fixture(autouse=True)
+def mmpretrain_scope():
+    """Other tests leave mmseg as the default scope; these build in
+    mmpretrain's (and mmdet's) registries."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        yield
+
+
 TINY_SWIN = dict(type='mmseg.DIDBSwin', embed_dims=16, depths=(1, 1, 1),
                  num_heads=(1, 2, 4), window_size=4, pretrain_img_size=32,
                  drop_path_rate=0.0, out_indices=(0, 1, 2))
@@ -64,8 +73,7 @@ def test_import_keeps_the_toolboxes_off_the_plugin_path():
 @pytest.mark.parametrize('cfg', [TINY_SWIN, TINY_VIT], ids=['swin', 'vit'])
 def test_backbones_return_tuples(cfg):
     from mmseg.registry import MODELS
-    backbone = MODELS.build(dict(cfg, type=cfg['type'][len('mmseg.'):],
-                                 preset='didb'))
+    backbone = MODELS.build(dict(cfg, preset='didb'))
     outs = backbone(torch.randn(1, 3, 32, 32))
     assert isinstance(outs, tuple)
 
@@ -149,8 +157,10 @@ def test_classifier_distill_errors(distill, match):
 
 
 def test_mmdet_retinanet_loss_with_the_binary_backbone():
+    from mmengine.registry import DefaultScope
     cfg = Config.fromfile('configs/det/tiny_texture_det.py')
-    model = DET_MODELS.build(cfg.model)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = DET_MODELS.build(cfg.model)
     torch.manual_seed(0)
     sample = DetDataSample(metainfo=dict(img_shape=(64, 64),
                                          pad_shape=(64, 64),
