@@ -25,11 +25,7 @@ model = dict(
         _delete_=True,
         type='mmseg.DIDBSwin',
         preset=preset,
-        embed_dims=96,
-        depths=(2, 2, 6, 2),
-        num_heads=(3, 6, 12, 24),
-        window_size=7,
-        mlp_ratio=4,
+        arch='tiny',  # Swin-T: width 96, depths (2, 2, 6, 2), window 7
         pretrain_img_size=224,
         drop_path_rate=0.2,
         # the stages FPN reads (each output has its own norm)

@@ -33,26 +33,15 @@ test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='PackInputs'),
 ]
+dataset = dict(_delete_=True, type='CustomDataset', data_root=data_root)
 train_dataloader = dict(
     batch_size=32,
     num_workers=0,
     persistent_workers=False,
-    dataset=dict(
-        _delete_=True,
-        type='CustomDataset',
-        data_root=data_root,
-        data_prefix='train',
-        pipeline=train_pipeline))
+    dataset=dict(dataset, data_prefix='train', pipeline=train_pipeline))
 val_dataloader = dict(
-    batch_size=32,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(
-        _delete_=True,
-        type='CustomDataset',
-        data_root=data_root,
-        data_prefix='val',
-        pipeline=test_pipeline))
+    train_dataloader,
+    dataset=dict(dataset, data_prefix='val', pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='Accuracy', topk=(1, ))
 test_evaluator = val_evaluator
