@@ -70,7 +70,10 @@ def test_toy_counts_by_hand():
     assert t.size_bits == 5 * C * C + 32 * (t.params_fp + 5 * C)
     assert r.mmengine_flops == t.bops + t.flops
     kinds = sorted(k for _, k, _ in r.layers)
-    assert kinds == ['BinaryLinear'] * 5 + ['binary matmul']
+    assert kinds == ['BinaryLinear'] * 5 + ['binary matmul'] * 2
+    # each product is counted in the part that computes it
+    matmuls = {n: m for n, k, m in r.layers if k == 'binary matmul'}
+    assert matmuls == {'attn.similarity': matmul, 'attn.aggregation': matmul}
 
 
 def test_toy_hfsc_full_doubles_similarity():

@@ -35,8 +35,7 @@ def trained_looking(module, seed=0):
             if leaf in ('bias', 'gamma', 'zeta', 'k', 'dyn_gamma',
                         'dyn_zeta', 'token_gamma', 'token_zeta'):
                 p.uniform_(-0.3, 0.3)
-            elif leaf in ('slope', 'diba_scale', 'diba_local_scale',
-                          'hfsc_mix'):
+            elif leaf in ('slope', 'shortcut_scale', 'local_scale', 'mix'):
                 p.uniform_(0.05, 1.2)
             elif leaf == 'weight' and p.dim() == 1:  # norms
                 p.uniform_(0.5, 1.5)

@@ -19,8 +19,8 @@ def _copy_fused_qkv(attn: DIDBAttention, qkv: torch.nn.Linear,
                     proj: torch.nn.Linear) -> None:
     C = attn.embed_dims
     with torch.no_grad():
-        for i, name in enumerate('qkv'):
-            unit = getattr(attn, name).linear
+        units = (attn.similarity.q, attn.similarity.k, attn.v)
+        for i, unit in enumerate(u.linear for u in units):
             unit.weight.copy_(qkv.weight[i * C:(i + 1) * C])
             unit.bias.copy_(qkv.bias[i * C:(i + 1) * C])
         attn.proj.linear.weight.copy_(proj.weight)
@@ -90,22 +90,24 @@ def test_diba_constant_values_keep_only_scaled_shortcut():
     torch.manual_seed(0)
     attn = DIDBAttention(8, 2, 'didb', ref_grid=(4, 4)).eval()
     with torch.no_grad():
-        attn.diba_scale.uniform_(0.5, 2.0)
+        attn.aggregation.shortcut_scale.uniform_(0.5, 2.0)
     qs = [torch.randn(3, 16, 8).sign()] * 2
     ks = [torch.randn(3, 16, 8).sign()] * 2
     v = torch.randn(1, 1, 8).expand(3, 16, 8).contiguous()
     out = attn.attend(qs, ks, v)
-    torch.testing.assert_close(out, (attn.diba_scale * v))
+    torch.testing.assert_close(out, (attn.aggregation.shortcut_scale * v))
     # without the shortcut term the output is Ab V, which is not l_s v
-    plain = DIDBAttention(8, 2, 'didb', ref_grid=(4, 4)).eval()
-    plain.preset = plain.preset.replace(diba_shortcut=False)
+    plain = DIDBAttention(8, 2, PRESETS['didb'].replace(diba_shortcut=False),
+                          ref_grid=(4, 4)).eval()
     assert (plain.attend(qs, ks, v) - v).abs().max() > 1e-2
 
 
 def test_diba_local_term_is_sum_of_neighbour_differences():
     attn = DIDBAttention(4, 1, 'didb', ref_grid=(3, 4), num_extra_tokens=1)
     v = torch.randn(2, 1 + 12, 4)
-    got = attn.diba_local(v, (3, 4))
+    with torch.no_grad():
+        attn.aggregation.local_scale.uniform_(0.5, 2.0)
+    got = attn.aggregation.local_term(v, (3, 4))
     grid = v[:, 1:].reshape(2, 3, 4, 4)
     padded = F.pad(grid, (0, 0, 1, 1, 1, 1))
     want = torch.zeros_like(grid)
@@ -113,14 +115,15 @@ def test_diba_local_term_is_sum_of_neighbour_differences():
         for dw in (-1, 0, 1):
             if dh or dw:
                 want += padded[:, 1 + dh:4 + dh, 1 + dw:5 + dw] - grid
-    torch.testing.assert_close(got[:, 1:], want.reshape(2, 12, 4))
+    want = want.reshape(2, 12, 4) * attn.aggregation.local_scale.detach()
+    torch.testing.assert_close(got[:, 1:], want)
     assert torch.equal(got[:, :1], torch.zeros(2, 1, 4))  # CLS: no local term
 
 
 def test_hfsc_split_low_is_local_mean_and_high_the_rest():
     attn = DIDBAttention(4, 1, 'didb', ref_grid=(4, 6), num_extra_tokens=1)
     x = torch.randn(2, 1 + 24, 4)
-    low, high = attn.hfsc_split(x, (4, 6))
+    low, high = attn.similarity.band_split(x, (4, 6))
     grid = x[:, 1:].transpose(1, 2).reshape(2, 4, 4, 6)
     mean = F.avg_pool2d(F.pad(grid, (0, 1, 0, 1), mode='replicate'), 2, 1)
     torch.testing.assert_close(low[:, 1:], mean.flatten(2).transpose(1, 2))
@@ -133,10 +136,11 @@ def test_hfsc_split_low_is_local_mean_and_high_the_rest():
     # takes LL = twice the local mean, so its residual is -x
     const = torch.ones(1, 24, 4)
     plain = DIDBAttention(4, 1, 'didb', ref_grid=(4, 6))
-    assert plain.hfsc_split(const, (4, 6))[1].abs().max() < 1e-6
+    assert plain.similarity.band_split(const, (4, 6))[1].abs().max() < 1e-6
     ll = DIDBAttention(4, 1, PRESETS['didb'].replace(hfsc_low='ll'),
                        ref_grid=(4, 6))
-    torch.testing.assert_close(ll.hfsc_split(const, (4, 6))[1], -const)
+    torch.testing.assert_close(ll.similarity.band_split(const, (4, 6))[1],
+                               -const)
 
 
 def test_attention_dropout_keeps_binary_probabilities():
@@ -171,25 +175,30 @@ def test_attention_scale_stays_positive_under_any_gradient():
 
 def test_submodule_names_follow_the_contract():
     didb = DIDBAttention(16, 2, 'didb', ref_grid=(4, 4))
-    for name in ('q_low', 'k_low', 'q_high', 'k_high', 'v', 'proj'):
-        assert hasattr(didb, name)
-    assert not hasattr(didb, 'q')
-    assert didb.hfsc_mix.shape == (2, 2)
-    assert didb.diba_scale.shape == (16, ) and torch.all(didb.diba_scale == 1)
-    assert torch.allclose(didb.diba_local_scale, torch.full((16, ), 0.1))
+    sim, agg = didb.similarity, didb.aggregation
+    for name in ('q_low', 'k_low', 'q_high', 'k_high'):
+        assert hasattr(sim, name)
+    assert hasattr(didb, 'v') and hasattr(didb, 'proj')
+    assert not hasattr(sim, 'q')
+    assert sim.mix.shape == (2, 2)
+    assert agg.shortcut_scale.shape == (16, )
+    assert torch.all(agg.shortcut_scale == 1)
+    assert torch.allclose(agg.local_scale, torch.full((16, ), 0.1))
     assert isinstance(didb.proj.act, TokenRPReLU)
     # {0, a} binarizer starts at 1/N (N = 16 keys)
     assert torch.allclose(didb.attn_quant.alpha, torch.tensor([1 / 16]))
     plain = DIDBAttention(16, 2, PRESETS['didb'].replace(
         hfsc=False, diba_local=False, diba_shortcut=False, token_rprelu=False))
-    assert hasattr(plain, 'q') and not hasattr(plain, 'q_low')
-    assert not hasattr(plain, 'hfsc_mix')
-    assert not hasattr(plain, 'diba_scale')
-    assert not hasattr(plain, 'diba_local_scale')
+    assert hasattr(plain.similarity, 'q')
+    assert not hasattr(plain.similarity, 'q_low')
+    assert not hasattr(plain.similarity, 'mix')
+    assert plain.aggregation.shortcut_scale is None
+    assert plain.aggregation.local_scale is None
+    assert not list(plain.aggregation.parameters())
     assert not isinstance(plain.proj.act, TokenRPReLU)
     split = DIDBAttention(16, 2, PRESETS['didb'].replace(hfsc='split'),
                           ref_grid=(4, 4))
-    assert split.q_low.linear.weight.shape == (8, 16)
+    assert split.similarity.q_low.linear.weight.shape == (8, 16)
 
 
 def test_bad_inputs_raise():

@@ -78,10 +78,12 @@ def _types(module, cls):
 def test_preset_switches_build_the_documented_modules():
     didb = DIDBSwin(preset='didb', **TINY)
     attn = didb.layers[0].blocks[0].attn
-    assert {'q_low', 'k_low', 'q_high', 'k_high', 'v', 'proj'} <= set(
-        dict(attn.named_children()))
-    assert attn.hfsc_mix.shape == (1, 2)
-    assert hasattr(attn, 'diba_scale') and hasattr(attn, 'diba_local_scale')
+    assert {'q_low', 'k_low', 'q_high', 'k_high'} <= set(
+        dict(attn.similarity.named_children()))
+    assert {'v', 'proj'} <= set(dict(attn.named_children()))
+    assert attn.similarity.mix.shape == (1, 2)
+    assert attn.aggregation.shortcut_scale is not None
+    assert attn.aggregation.local_scale is not None
     assert isinstance(attn.v.act, TokenRPReLU)
     assert isinstance(attn.v.linear.input_quantizer, RSign)
     assert isinstance(attn.v.linear.weight_quantizer, ReActWeight)
@@ -93,12 +95,14 @@ def test_preset_switches_build_the_documented_modules():
     off = DIDBSwin(preset='didb', preset_overrides=dict(
         hfsc=False, diba_local=False, token_rprelu=False), **TINY)
     attn = off.layers[0].blocks[0].attn
-    assert hasattr(attn, 'q') and not hasattr(attn, 'q_low')
-    assert hasattr(attn, 'diba_scale') and not hasattr(attn, 'diba_local_scale')
+    assert hasattr(attn.similarity, 'q')
+    assert not hasattr(attn.similarity, 'q_low')
+    assert attn.aggregation.shortcut_scale is not None
+    assert attn.aggregation.local_scale is None
     assert not _types(off, TokenRPReLU) and _types(off, RPReLU)
     # overrides may also be given as keyword arguments
     kw = DIDBSwin(preset='didb', diba_shortcut=False, **TINY)
-    assert not hasattr(kw.layers[0].blocks[0].attn, 'diba_scale')
+    assert kw.layers[0].blocks[0].attn.aggregation.shortcut_scale is None
 
     fp = DIDBSwin(preset='fp', **TINY)
     assert not _types(fp, (RSign, SignSTE, ElasticSign, ASMSign, RPReLU,

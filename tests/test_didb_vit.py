@@ -54,10 +54,11 @@ def test_registered_arch_and_preset_table():
     m = DIDBViT(**TINY, preset='didb', preset_overrides=dict(hfsc=False))
     assert m.preset == resolve_preset('didb', hfsc=False)
     attn = m.layers[0].attn
-    assert hasattr(attn, 'q') and not hasattr(attn, 'q_low')
+    assert hasattr(attn.similarity, 'q')
+    assert not hasattr(attn.similarity, 'q_low')
     m = DIDBViT(**TINY, preset='didb')
-    assert hasattr(m.layers[0].attn, 'q_low')
-    assert hasattr(m.layers[0].attn, 'k_high')
+    assert hasattr(m.layers[0].attn.similarity, 'q_low')
+    assert hasattr(m.layers[0].attn.similarity, 'k_high')
     assert isinstance(m.layers[0].mlp.fc1.act, TokenRPReLU)
     assert m.layers[0].mlp.fc1.act.ref_grid == (14, 14)
     with pytest.raises(ValueError, match='arch'):
@@ -243,8 +244,8 @@ def test_binary_preset_init_from_timm_copies_hfsc_units(tmp_path):
                                         checkpoint=str(path)))
     q = ref.state_dict()['blocks.1.attn.qkv.weight'][:32]
     attn = model.layers[1].attn
-    assert torch.equal(attn.q_low.linear.weight, q)
-    assert torch.equal(attn.q_high.linear.weight, q)
+    assert torch.equal(attn.similarity.q_low.linear.weight, q)
+    assert torch.equal(attn.similarity.q_high.linear.weight, q)
     assert torch.equal(model.patch_embed.projection.bias,
                        ref.patch_embed.proj.bias)
 
@@ -354,7 +355,7 @@ def test_tiny_train_step_upernet_multilevel_neck(neck):
     model, changed = _train_step(
         _seg_cfg(backbone, 32, neck_type=neck, scales=(2, 0.5)))
     assert type(model.neck).__name__ == neck
-    assert 'layers.0.attn.q_low.linear.weight' in changed
+    assert 'layers.0.attn.similarity.q_low.linear.weight' in changed
     assert 'patch_embed.projection.weight' in changed
     with torch.no_grad():
         model.eval()

@@ -136,8 +136,8 @@ def test_didb_start_values_are_configurable_from_the_backbone():
     for attn in (swin.layers[1].blocks[0].attn, vit.layers[0].attn):
         torch.testing.assert_close(attn.attn_quant.alpha.detach(),
                                    torch.tensor([0.005]))
-        assert torch.all(attn.diba_scale == 0.5)
-        assert torch.all(attn.diba_local_scale == 0.0)
+        assert torch.all(attn.aggregation.shortcut_scale == 0.5)
+        assert torch.all(attn.aggregation.local_scale == 0.0)
     # defaults: a = 1/N keys (16 for a 4x4 window), l_s = 1, l_l = 0.1
     plain = DIDBSwin(preset='didb', embed_dims=16, depths=(1, 1),
                      num_heads=(1, 2), window_size=4, pretrain_img_size=32,
@@ -145,6 +145,6 @@ def test_didb_start_values_are_configurable_from_the_backbone():
     attn = plain.layers[0].blocks[0].attn
     torch.testing.assert_close(attn.attn_quant.alpha.detach(),
                                torch.tensor([1 / 16]))
-    assert torch.all(attn.diba_scale == 1.0)
-    torch.testing.assert_close(attn.diba_local_scale.detach(),
+    assert torch.all(attn.aggregation.shortcut_scale == 1.0)
+    torch.testing.assert_close(attn.aggregation.local_scale.detach(),
                                torch.full((16, ), 0.1))

@@ -161,17 +161,25 @@ def test_mmseg_segmentor_checkpoint_with_prefix(tmp_path, image):
 
 
 def test_mmseg_unfold_order_is_inverted(timm_swin):
-    """mmseg -> timm undoes swin2mmseg's patch-merging reorder exactly."""
-    from mmseg_didb.models.utils.swin_convert import to_timm_layout
+    """mmseg -> FP layout undoes swin2mmseg's patch-merging reorder exactly,
+    and the fused qkv becomes the q/k/v units."""
+    from mmseg_didb.models.utils.swin_convert import to_fp_layout
     official = to_official(timm_swin.state_dict())['model']
     mm = mmseg_swin2mmseg()(official)
-    back, layout, _ = to_timm_layout(mm)
+    back, layout, _ = to_fp_layout(mm)
     assert layout == 'mmseg'
     sd = timm_swin.state_dict()
-    for k in ('layers.1.downsample.reduction.weight',
-              'layers.3.downsample.norm.weight', 'patch_embed.proj.weight',
-              'layers.2.blocks.1.attn.qkv.weight', 'layers.0.blocks.0.mlp.fc2.bias'):
-        assert torch.equal(back[k], sd[k]), k
+    for k, ref in (('layers.1.downsample.reduction.linear.weight',
+                    'layers.1.downsample.reduction.weight'),
+                   ('layers.3.downsample.norm.weight',) * 2,
+                   ('patch_embed.proj.weight',) * 2,
+                   ('layers.0.blocks.0.mlp.fc2.linear.bias',
+                    'layers.0.blocks.0.mlp.fc2.bias')):
+        assert torch.equal(back[k], sd[ref]), k
+    qkv = sd['layers.2.blocks.1.attn.qkv.weight'].chunk(3)
+    for name, ref in zip(('similarity.q', 'similarity.k', 'v'), qkv):
+        got = back[f'layers.2.blocks.1.attn.{name}.linear.weight']
+        assert torch.equal(got, ref), name
 
 
 @pytest.mark.parametrize('hfsc', ['full', 'split'])
@@ -182,17 +190,18 @@ def test_didb_preset_from_timm_inits_from_fp_counterparts(timm_swin, hfsc):
     result = model.load_state_dict(sd, strict=True)  # every key matched
     assert not result.missing_keys and not result.unexpected_keys
     attn = model.layers[2].blocks[1].attn
+    sim = attn.similarity
     C = 64
     qkv = sd['layers.2.blocks.1.attn.qkv.weight']
     q, k, v = qkv[:C], qkv[C:2 * C], qkv[2 * C:]
     if hfsc == 'full':  # Q_L = Q_H = Q, K_L = K_H = K
-        for unit, ref in ((attn.q_low, q), (attn.q_high, q),
-                          (attn.k_low, k), (attn.k_high, k)):
+        for unit, ref in ((sim.q_low, q), (sim.q_high, q),
+                          (sim.k_low, k), (sim.k_high, k)):
             assert torch.equal(unit.linear.weight, ref)
     else:  # halves of every head: [Q_L | Q_H] per head == Q
         heads, hd = 2, C // 2
-        joined = torch.cat([attn.q_low.linear.weight.view(heads, hd // 2, C),
-                            attn.q_high.linear.weight.view(heads, hd // 2, C)],
+        joined = torch.cat([sim.q_low.linear.weight.view(heads, hd // 2, C),
+                            sim.q_high.linear.weight.view(heads, hd // 2, C)],
                            1).reshape(C, C)
         assert torch.equal(joined, q)
     assert torch.equal(attn.v.linear.weight, v)
@@ -202,8 +211,8 @@ def test_didb_preset_from_timm_inits_from_fp_counterparts(timm_swin, hfsc):
                        sd['layers.1.downsample.reduction.weight'])
     # binary-only parameters keep their init (documented)
     binary_only = [k for k in init if not is_fp_key(k)]
-    assert 'layers.0.blocks.0.attn.diba_scale' in binary_only
-    assert 'layers.0.blocks.0.attn.hfsc_mix' in binary_only
+    assert 'layers.0.blocks.0.attn.aggregation.shortcut_scale' in binary_only
+    assert 'layers.0.blocks.0.attn.similarity.mix' in binary_only
     loaded = model.state_dict()
     for k in binary_only:
         assert torch.equal(loaded[k], init[k]), k
@@ -216,8 +225,9 @@ def test_fp_own_checkpoint_initialises_binary_model():
     load_checkpoint_strict(didb, {'state_dict': fp.state_dict()})
     for unit in ('q_low', 'q_high'):
         assert torch.equal(
-            getattr(didb.layers[0].blocks[0].attn, unit).linear.bias,
-            fp.layers[0].blocks[0].attn.q.linear.bias)
+            getattr(didb.layers[0].blocks[0].attn.similarity,
+                    unit).linear.bias,
+            fp.layers[0].blocks[0].attn.similarity.q.linear.bias)
 
 
 @pytest.mark.parametrize('preset', ['didb', 'bit'])

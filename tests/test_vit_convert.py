@@ -8,11 +8,11 @@ import timm
 import mmseg
 
 import mmseg_didb  # noqa: F401
-from mmseg_didb.models.utils.vit_convert import (adapt_to_target,
+from mmseg_didb.binary.rprelu import resize_token_map
+from mmseg_didb.models.utils.vit_convert import (adapt_to_model,
                                                  convert_vit_checkpoint,
                                                  detect_layout, is_fp_key,
-                                                 resize_grid_tokens,
-                                                 to_didb_layout)
+                                                 to_fp_layout)
 
 torch.set_num_threads(1)
 C, DEPTH = 32, 2
@@ -40,10 +40,10 @@ def _vit2mmseg():
 def test_timm_layout_splits_qkv():
     sd = _timm_sd()
     assert detect_layout(sd) == 'timm'
-    out = to_didb_layout(sd)
+    out = to_fp_layout(sd)
     qkv_w = sd['blocks.1.attn.qkv.weight']
     qkv_b = sd['blocks.1.attn.qkv.bias']
-    for i, name in enumerate('qkv'):
+    for i, name in enumerate(('similarity.q', 'similarity.k', 'v')):
         assert torch.equal(out[f'layers.1.attn.{name}.linear.weight'],
                            qkv_w[i * C:(i + 1) * C])
         assert torch.equal(out[f'layers.1.attn.{name}.linear.bias'],
@@ -68,7 +68,7 @@ def test_mmseg_layout_matches_timm_layout():
                             num_heads=2, patch_bias=True, final_norm=True)
     assert set(vit.state_dict()) == set(mm)
     assert detect_layout(mm) == 'mmseg'
-    a, b = to_didb_layout(sd), to_didb_layout(mm)
+    a, b = to_fp_layout(sd), to_fp_layout(mm)
     b = {k: v for k, v in b.items()}
     # vit2mmseg drops the classification head, the timm path keeps it.
     assert set(a) - set(b) == {'head.weight', 'head.bias'}
@@ -78,7 +78,7 @@ def test_mmseg_layout_matches_timm_layout():
 
 def test_wrapped_checkpoints_and_bad_layout():
     sd = _timm_sd()
-    target = {k: v for k, v in to_didb_layout(sd).items()
+    target = {k: v for k, v in to_fp_layout(sd).items()
               if not k.startswith('head')}
     ref, _ = convert_vit_checkpoint(sd, target, grid=(4, 4))
     segmentor = {'state_dict': {f'backbone.{k}': v for k, v in sd.items()},
@@ -94,70 +94,70 @@ def test_wrapped_checkpoints_and_bad_layout():
 
 
 def test_fp_key_pattern():
-    assert is_fp_key('layers.3.attn.q_low.linear.weight')
+    assert is_fp_key('layers.3.attn.similarity.q_low.linear.weight')
     assert is_fp_key('patch_embed.projection.bias')
     assert is_fp_key('norm.weight') and is_fp_key('pos_embed')
-    assert not is_fp_key('layers.3.attn.q_low.norm.weight')
+    assert not is_fp_key('layers.3.attn.similarity.q_low.norm.weight')
     assert not is_fp_key('layers.0.mlp.fc1.act.token_gamma')
-    assert not is_fp_key('layers.0.attn.diba_scale')
-    assert not is_fp_key('layers.0.attn.q.linear.input_quantizer.bias')
+    assert not is_fp_key('layers.0.attn.aggregation.shortcut_scale')
+    assert not is_fp_key('layers.0.attn.similarity.q.linear.input_quantizer.bias')
 
 
-def test_resize_grid_tokens_keeps_cls_and_is_identity_on_same_grid():
+def test_resize_token_map_keeps_cls_and_is_identity_on_same_grid():
     torch.manual_seed(0)
     pos = torch.randn(1, 1 + 4 * 4, 8)
-    assert resize_grid_tokens(pos, (4, 4), (4, 4), 1) is pos
-    out = resize_grid_tokens(pos, (4, 4), (8, 6), 1, 'bilinear')
+    assert resize_token_map(pos, (4, 4), (4, 4), 1) is pos
+    out = resize_token_map(pos, (4, 4), (8, 6), 1, 'bilinear')
     assert out.shape == (1, 1 + 48, 8)
     assert torch.equal(out[:, 0], pos[:, 0])
     # A constant map stays constant under interpolation.
     const = torch.ones(1, 16, 1)
-    assert torch.allclose(resize_grid_tokens(const, (4, 4), (7, 5), 0),
+    assert torch.allclose(resize_token_map(const, (4, 4), (7, 5), 0),
                           torch.ones(1, 35, 1))
     with pytest.raises(ValueError, match='grid'):
-        resize_grid_tokens(pos, (5, 5), (4, 4), 1)
+        resize_token_map(pos, (5, 5), (4, 4), 1)
 
 
 def test_adapt_hfsc_copies_and_resizes():
-    sd = to_didb_layout(_timm_sd())
+    sd = to_fp_layout(_timm_sd())
     shapes = {k: v.shape for k, v in sd.items() if not k.startswith('head')}
     for unit in ('q', 'k'):
         for part in ('weight', 'bias'):
-            key = f'layers.0.attn.{unit}.linear.{part}'
+            key = f'layers.0.attn.similarity.{unit}.linear.{part}'
             s = shapes.pop(key)
             shapes[key.replace(f'.{unit}.', f'.{unit}_low.')] = s
             shapes[key.replace(f'.{unit}.', f'.{unit}_high.')] = s
     shapes['pos_embed'] = torch.Size([1, 1 + 8 * 6, C])
     shapes['layers.0.attn.proj.act.token_gamma'] = torch.Size([1, 49, 1])
     sd['layers.0.attn.proj.act.token_gamma'] = torch.randn(1, 17, 1)
-    out, dropped = adapt_to_target(sd, shapes, grid=(8, 6))
+    out, dropped = adapt_to_model(sd, shapes, grid=(8, 6))
     assert sorted(dropped) == ['head.bias', 'head.weight']
-    q = sd['layers.0.attn.q.linear.weight']
-    assert torch.equal(out['layers.0.attn.q_low.linear.weight'], q)
-    assert torch.equal(out['layers.0.attn.q_high.linear.weight'], q)
-    assert 'layers.0.attn.q.linear.weight' not in out
+    q = sd['layers.0.attn.similarity.q.linear.weight']
+    assert torch.equal(out['layers.0.attn.similarity.q_low.linear.weight'], q)
+    assert torch.equal(out['layers.0.attn.similarity.q_high.linear.weight'], q)
+    assert 'layers.0.attn.similarity.q.linear.weight' not in out
     # Layer 1 has no HFSC units in the target: its q stays as it is.
-    assert 'layers.1.attn.q.linear.weight' in out
+    assert 'layers.1.attn.similarity.q.linear.weight' in out
     assert out['pos_embed'].shape == (1, 49, C)
     assert torch.equal(out['pos_embed'][:, 0], sd['pos_embed'][:, 0])
     assert out['layers.0.attn.proj.act.token_gamma'].shape == (1, 49, 1)
 
 
 def test_adapt_hfsc_split_takes_head_halves():
-    sd = to_didb_layout(_timm_sd())
-    q = sd['layers.0.attn.q.linear.weight']  # 2 heads of 16 dims
-    shapes = {'layers.0.attn.q_low.linear.weight': torch.Size([C // 2, C]),
-              'layers.0.attn.q_high.linear.weight': torch.Size([C // 2, C])}
-    out, _ = adapt_to_target({'layers.0.attn.q.linear.weight': q}, shapes,
+    sd = to_fp_layout(_timm_sd())
+    q = sd['layers.0.attn.similarity.q.linear.weight']  # 2 heads of 16 dims
+    shapes = {'layers.0.attn.similarity.q_low.linear.weight': torch.Size([C // 2, C]),
+              'layers.0.attn.similarity.q_high.linear.weight': torch.Size([C // 2, C])}
+    out, _ = adapt_to_model({'layers.0.attn.similarity.q.linear.weight': q}, shapes,
                              grid=(4, 4), num_heads=2)
     heads = q.reshape(2, 16, C)
-    assert torch.equal(out['layers.0.attn.q_low.linear.weight'],
+    assert torch.equal(out['layers.0.attn.similarity.q_low.linear.weight'],
                        heads[:, :8].reshape(16, C))
-    assert torch.equal(out['layers.0.attn.q_high.linear.weight'],
+    assert torch.equal(out['layers.0.attn.similarity.q_high.linear.weight'],
                        heads[:, 8:].reshape(16, C))
     # Q_L K_L^T + Q_H K_H^T equals Q K^T per head (split identity)
-    k = sd['layers.0.attn.k.linear.weight']
-    out_k, _ = adapt_to_target({'layers.0.attn.k.linear.weight': k}, {
+    k = sd['layers.0.attn.similarity.k.linear.weight']
+    out_k, _ = adapt_to_model({'layers.0.attn.similarity.k.linear.weight': k}, {
         k_.replace('q_', 'k_'): s for k_, s in shapes.items()}, grid=(4, 4),
         num_heads=2)
     x = torch.randn(5, C)
@@ -166,15 +166,15 @@ def test_adapt_hfsc_split_takes_head_halves():
 
     def head_view(w):
         return (x @ w.T).reshape(5, 2, 8).transpose(0, 1)
-    split = sum(head_view(out[f'layers.0.attn.q_{b}.linear.weight']) @
-                head_view(out_k[f'layers.0.attn.k_{b}.linear.weight']
+    split = sum(head_view(out[f'layers.0.attn.similarity.q_{b}.linear.weight']) @
+                head_view(out_k[f'layers.0.attn.similarity.k_{b}.linear.weight']
                           ).transpose(1, 2) for b in ('low', 'high'))
     assert torch.allclose(full, split, atol=1e-5)
 
 
 def test_distilled_deit_drops_dist_token():
     sd = _timm_sd(distilled=True)
-    shapes = {k: v.shape for k, v in to_didb_layout(
+    shapes = {k: v.shape for k, v in to_fp_layout(
         _timm_sd()).items() if not k.startswith('head')}
     model_sd = {k: torch.zeros(s) for k, s in shapes.items()}
     out, report = convert_vit_checkpoint({'model': sd}, model_sd, grid=(4, 4))

@@ -43,14 +43,14 @@ from mmseg_didb.models.utils.checkpoint import (  # noqa: E402
     load_checkpoint_strict, read_checkpoint, resolve_checkpoint_path,
     unwrap_state_dict)
 from mmseg_didb.models.utils.swin_convert import (  # noqa: E402
-    detect_swin_layout, to_timm_layout)
+    detect_swin_layout, to_fp_layout as swin_fp_layout)
 
 Tensor = torch.Tensor
 
 
 def infer_swin_arch(sd: Mapping[str, Tensor]) -> dict:
     """Read DIDBSwin architecture arguments from a Swin state dict (any layout)."""
-    sd, _, _ = to_timm_layout(sd)
+    sd, _, _ = swin_fp_layout(sd)
     try:
         proj = sd['patch_embed.proj.weight']
     except KeyError as e:
@@ -68,8 +68,7 @@ def infer_swin_arch(sd: Mapping[str, Tensor]) -> dict:
         heads.append(table.shape[1])
         window = window or int(round((math.sqrt(table.shape[0]) + 1) / 2))
         if mlp_ratio is None:
-            fc1 = sd.get(f'layers.{i}.blocks.0.mlp.fc1.weight',
-                         sd.get(f'layers.{i}.blocks.0.mlp.fc1.linear.weight'))
+            fc1 = sd[f'layers.{i}.blocks.0.mlp.fc1.linear.weight']
             mlp_ratio = fc1.shape[0] / fc1.shape[1]
     if not depths:
         raise ValueError('not a Swin backbone: no layers.i.blocks.j keys')
@@ -113,7 +112,8 @@ CONVERTERS: Dict[str, Callable] = {'swin': convert_swin}
 # ----------------------------------------------------------------- ViT / DeiT
 from mmseg_didb.models.backbones.didb_vit import DIDBViT  # noqa: E402
 from mmseg_didb.models.utils.vit_convert import (  # noqa: E402
-    detect_layout as detect_vit_layout, infer_token_grid, to_didb_layout)
+    detect_layout as detect_vit_layout, infer_token_grid,
+    to_fp_layout as vit_fp_layout)
 
 
 def infer_vit_arch(sd: Mapping[str, Tensor]) -> dict:
@@ -122,7 +122,7 @@ def infer_vit_arch(sd: Mapping[str, Tensor]) -> dict:
     ``num_heads`` is not stored in the weights: every DeiT / ViT arch uses a
     head dimension of 64, so ``embed_dims // 64`` is assumed.
     """
-    sd = to_didb_layout(sd)
+    sd = vit_fp_layout(sd)
     try:
         proj = sd['patch_embed.projection.weight']
         pos = sd['pos_embed']
@@ -140,8 +140,8 @@ def infer_vit_arch(sd: Mapping[str, Tensor]) -> dict:
                 num_heads=max(embed_dims // 64, 1), patch_size=patch_size,
                 in_channels=proj.shape[1], mlp_ratio=fc1.shape[0] / embed_dims,
                 img_size=(gh * patch_size, gw * patch_size),
-                qkv_bias=any(re.match(r'layers\.0\.attn\.(q|q_low)\.linear'
-                                      r'\.bias$', k) for k in sd),
+                qkv_bias=any(re.match(r'layers\.0\.attn\.similarity\.q(_low)?'
+                                      r'\.linear\.bias$', k) for k in sd),
                 final_norm='norm.weight' in sd)
 
 

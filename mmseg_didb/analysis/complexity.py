@@ -108,8 +108,9 @@ def derived_scale_count(module: nn.Module) -> int:
 # binary matmuls inside attention modules
 # --------------------------------------------------------------------------
 #: Counter = callable(module, record) -> list of hook handles, where
-#: ``record(macs)`` adds binary matmul MACs executed in ``module``'s own scope.
-MatmulCounter = Callable[[nn.Module, Callable[[int], None]], list]
+#: ``record(macs, part)`` adds binary matmul MACs executed in the own scope
+#: of ``module`` (``part=''``) or of its child ``part``.
+MatmulCounter = Callable[[nn.Module, Callable[..., None]], list]
 
 #: Registered per class name (so the analysis never imports the models).
 MATMUL_COUNTERS: Dict[str, MatmulCounter] = {}
@@ -144,11 +145,11 @@ def _didb_attention_counter(module: nn.Module,
 
     A hook on ``attn_quant`` sees the probabilities ``A`` of shape
     ``(windows * B, heads, N, N)`` once per attention call, which fixes both
-    matmuls: every HFSC branch's ``Q K^T`` costs ``numel(A) * d_qk`` MACs
-    (``d_qk = qk_dims / heads``: the full head dim, or half of it for
-    ``hfsc='split'``) and ``Ab V`` costs ``numel(A) * head_dims``. ``Q K^T`` is
-    binary when every q/k binarizer (``q*_quant``, ``k*_quant``) is enabled,
-    ``Ab V`` when ``attn_quant`` and ``v_quant`` are.
+    matmuls: every HFSC branch's ``Q K^T`` (in ``similarity``) costs
+    ``numel(A) * d_qk`` MACs (``d_qk = qk_dims / heads``: the full head dim,
+    or half of it for ``hfsc='split'``) and ``Ab V`` (in ``aggregation``)
+    costs ``numel(A) * head_dims``. ``Q K^T`` is binary when every q/k
+    binarizer is enabled, ``Ab V`` when ``attn_quant`` and ``v_quant`` are.
     """
     qs, ks, v_quant, attn_quant = module.matmul_binarizers()
     branches = len(qs)
@@ -162,12 +163,10 @@ def _didb_attention_counter(module: nn.Module,
 
     def hook(_m: nn.Module, args: tuple) -> None:
         n = _numel(args[0].shape)
-        macs = 0
         if qk_binary:
-            macs += n * d_qk * branches
+            record(n * d_qk * branches, 'similarity')
         if av_binary:
-            macs += n * d_v
-        record(macs)
+            record(n * d_v, 'aggregation')
 
     return [attn_quant.register_forward_pre_hook(hook)]
 
@@ -332,8 +331,9 @@ def analyze_complexity(model: nn.Module,
         if counter is None:
             continue
 
-        def record(macs: int, _name: str = name) -> None:
-            matmul_macs[_name] = matmul_macs.get(_name, 0) + int(macs)
+        def record(macs: int, part: str = '', _name: str = name) -> None:
+            where = f'{_name}.{part}' if part and _name else part or _name
+            matmul_macs[where] = matmul_macs.get(where, 0) + int(macs)
 
         handles.extend(counter(module, record))
     try:

@@ -135,9 +135,16 @@ class BinaryPreset:
         return build_act_quantizer(self.act, num_channels, channel_dim,
                                    input_scale)
 
-    def attn_quantizer(self) -> Optional[nn.Module]:
-        """A new attention-probability quantizer (None for 'fp')."""
-        return build_attn_quantizer(self.attn)
+    def attn_quantizer(self, num_keys: Optional[int] = None,
+                       level_init: Optional[float] = None
+                       ) -> Optional[nn.Module]:
+        """A new attention-probability quantizer (None for 'fp').
+
+        ``num_keys`` (keys per query at the reference size) fixes the start
+        of a ``{0, a}`` level, ``level_init`` overrides it (see
+        :func:`~mmseg_didb.binary.quantizers.prob_level_init`).
+        """
+        return build_attn_quantizer(self.attn, num_keys, level_init)
 
     def unit_activation(self, num_channels: int,
                         ref_grid: Optional[Sequence[int]] = None,

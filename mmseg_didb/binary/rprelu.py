@@ -87,22 +87,34 @@ class RPReLU(ChannelPReLU):
         return super().forward(y) + _channel_view(self.zeta, x, cd)
 
 
-def resize_token_map(tokens: Tensor, ref_grid: Tuple[int, int],
-                     hw: Tuple[int, int], num_extra_tokens: int = 0,
+def resize_token_map(tokens: Tensor, ref_grid: Sequence[int],
+                     hw: Sequence[int], num_extra_tokens: int = 0,
                      mode: str = 'bilinear') -> Tensor:
-    """Resize a per-token map (1, extra + Hr*Wr, D) to (1, extra + H*W, D).
+    """Resize a token map (1, extra + Hr*Wr, D) to (1, extra + H*W, D).
 
-    Like a position embedding: the grid part is interpolated (bilinear,
-    ``align_corners=False``), the leading extra tokens (CLS) are kept.
+    The one resize of token-grid parameters, used in forward (Token RPReLU
+    maps) and at load time (position embeddings, maps of another grid):
+    like mmseg's ``resize_pos_embed``, the grid part is interpolated
+    (``align_corners=False``, in float32), the leading extra tokens (CLS) are
+    kept; the same grid returns ``tokens`` itself.
+
+    Raises:
+        ValueError: if ``tokens`` does not hold ``extra + Hr * Wr`` rows.
     """
     hr, wr = ref_grid
     h, w = hw
+    if tokens.shape[1] != num_extra_tokens + hr * wr:
+        raise ValueError(
+            f'token map of shape {tuple(tokens.shape)} does not hold '
+            f'{num_extra_tokens} extra token(s) plus a {hr}x{wr} grid')
     if (hr, wr) == (h, w):
         return tokens
     extra, grid = tokens[:, :num_extra_tokens], tokens[:, num_extra_tokens:]
     d = grid.shape[-1]
     grid = grid.reshape(1, hr, wr, d).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(h, w), mode=mode, align_corners=False)
+    kwargs = {} if mode == 'nearest' else dict(align_corners=False)
+    grid = F.interpolate(grid.float(), size=(h, w), mode=mode,
+                         **kwargs).to(tokens.dtype)
     grid = grid.permute(0, 2, 3, 1).reshape(1, h * w, d)
     return torch.cat([extra, grid], dim=1)
 

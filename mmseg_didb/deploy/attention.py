@@ -132,7 +132,7 @@ class PackedAttention(PackedAttentionMatmuls):
             inputs = kernels.haar_split_tokens(x, h, w, extra, low)
         else:
             inputs = [x]
-        q_units, k_units = attn.qk_units()
+        q_units, k_units = attn.similarity.units()
         q = [self._words(b, u(xi, hw))
              for b, u, xi in zip(self.q_bits, q_units, inputs)]
         k = [self._words(b, u(xi, hw))
@@ -141,11 +141,9 @@ class PackedAttention(PackedAttentionMatmuls):
         heads = attn.num_heads
         wh, ww = window if window is not None else (0, 0)
         sh, sw = shift if shift is not None else (0, 0)
-        mix = attn.hfsc_mix.detach() if attn.hfsc != 'off' else None
-        diba_s = attn.diba_scale.detach() if attn.preset.diba_shortcut \
-            else None
-        diba_l = attn.diba_local_scale.detach() if attn.preset.diba_local \
-            else None
+        mix = attn.similarity.mix.detach() if attn.hfsc != 'off' else None
+        diba_s, diba_l = (None if p is None else p.detach() for p in (
+            attn.aggregation.shortcut_scale, attn.aggregation.local_scale))
         out = kernels.window_attention(
             q, k, v, heads, attn.qk_dims // heads, attn.head_dims, h, w,
             extra, wh, ww, sh, sw, self.qk_scales, attn.scale, mix,
@@ -177,7 +175,7 @@ def packed_attention(attn: nn.Module) -> Optional[PackedAttentionMatmuls]:
     heads = attn.num_heads
     fusable = (qk is not None and av is not None
                and isinstance(a_q, (ElasticUnsigned, SAB))
-               and hasattr(attn, 'qk_units')
+               and hasattr(attn, 'similarity')
                and (attn.qk_dims // heads) % 32 == 0
                and attn.head_dims % 32 == 0)
     if fusable:

@@ -26,8 +26,7 @@ binary_paramwise_cfg = dict(
         'zeta': no_decay,
         'prelu': no_decay,
         'slope': no_decay,
-        # DIDB attention scalars
-        'hfsc_mix': no_decay,
-        'diba_scale': no_decay,
-        'diba_local_scale': no_decay,
+        # DIDB attention scalars: HFSC mixing b, DIBA scales l_s, l_l
+        'similarity.mix': no_decay,
+        'aggregation.': no_decay,
     })

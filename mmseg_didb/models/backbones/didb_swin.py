@@ -12,16 +12,15 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from mmengine.logging import print_log
-from mmengine.model import BaseModule
-from timm.layers import PatchEmbed, trunc_normal_
+from mmengine.model.weight_init import trunc_normal_
+from timm.layers import PatchEmbed
 
 from mmseg.registry import MODELS
 from mmseg_didb.binary.layers import BinaryLinearUnit, MergeShortcut
-from mmseg_didb.binary.presets import BinaryPreset, resolve_preset
+from mmseg_didb.binary.presets import BinaryPreset
 from ..layers import DIDBAttention, DIDBBlock, window_attention_mask
-from ..utils.checkpoint import StrictPretrainedMixin
 from ..utils.swin_convert import convert_swin_state_dict
+from .base import DIDBBackbone
 
 __all__ = ['DIDBSwin', 'DIDBWindowAttention', 'BinaryPatchMerging',
            'DIDBSwinStage', 'MergeShortcut', 'window_and_shift',
@@ -210,7 +209,7 @@ ARCH_ZOO: Dict[str, dict] = {
 
 
 @MODELS.register_module()
-class DIDBSwin(StrictPretrainedMixin, BaseModule):
+class DIDBSwin(DIDBBackbone):
     """Binary Swin Transformer backbone (DIDB-ViT applied to Swin).
 
     Outputs, like mmseg's ``SwinTransformer``, a list of ``(B, C_i, H_i, W_i)``
@@ -232,8 +231,9 @@ class DIDBSwin(StrictPretrainedMixin, BaseModule):
     the missing / unexpected keys.
 
     Args:
-        arch: 'tiny' | 'small' | 'base' | 'large' (or 't'/'s'/'b'/'l'); the
-            explicit ``embed_dims``/``depths``/``num_heads`` override it.
+        arch: 'tiny' | 'small' | 'base' | 'large' (or 't'/'s'/'b'/'l'), or a
+            dict with ``embed_dims``, ``depths``, ``num_heads``; the explicit
+            ``embed_dims``/``depths``/``num_heads`` override it.
         preset: Binary preset ('fp', 'bnn', 'react', 'bit', 'binaryvit',
             'didb') or a :class:`BinaryPreset` / dict.
         preset_overrides: Per-component overrides, e.g. ``dict(hfsc=False,
@@ -249,7 +249,7 @@ class DIDBSwin(StrictPretrainedMixin, BaseModule):
         drop_rate: Dropout after the stem, in attention ``proj`` and MLPs.
         attn_drop_rate: Dropout on attention probabilities.
         drop_path_rate: Stochastic depth, linearly increasing over blocks.
-        out_indices: Stages to output.
+        out_indices: Stages to output (negative: from the last).
         attn_cfg: Extra arguments of every attention (start values of the
             DIDB scalars: ``prob_scale_init``, ``diba_scale_init``,
             ``diba_local_init``; see :class:`DIDBAttention`).
@@ -268,10 +268,11 @@ class DIDBSwin(StrictPretrainedMixin, BaseModule):
             ``preset_overrides``).
     """
     arch_zoo = ARCH_ZOO
+    arch_keys = ('embed_dims', 'depths', 'num_heads')
     checkpoint_hint = CHECKPOINT_HINT
 
     def __init__(self,
-                 arch: str = 'tiny',
+                 arch: Union[str, dict] = 'tiny',
                  preset: Union[str, BinaryPreset, dict] = 'didb',
                  preset_overrides: Optional[dict] = None,
                  embed_dims: Optional[int] = None,
@@ -299,31 +300,32 @@ class DIDBSwin(StrictPretrainedMixin, BaseModule):
                  act_cfg: Optional[dict] = None,
                  norm_cfg: Optional[dict] = None,
                  **overrides) -> None:
-        if pretrained is not None:
-            if init_cfg is not None:
-                raise ValueError('give either init_cfg or pretrained, not both')
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        super().__init__(init_cfg=init_cfg)
-        self._check_mmseg_compat(patch_size, strides, patch_norm, qk_scale,
-                                 use_abs_pos_embed, act_cfg, norm_cfg)
-        if arch not in self.arch_zoo:
-            raise ValueError(f'unknown DIDBSwin arch {arch!r}; valid: '
-                             f'{sorted(set(self.arch_zoo))}')
-        spec = dict(self.arch_zoo[arch])
-        embed_dims = embed_dims or spec['embed_dims']
-        depths = tuple(depths or spec['depths'])
-        num_heads = tuple(num_heads or spec['num_heads'])
+        super().__init__(init_cfg, pretrained)
+        self._check_mmseg_compat({
+            f'strides={strides} (only (patch_size, 2, 2, 2))':
+            strides is not None
+            and tuple(strides) != (patch_size, 2, 2, 2)[:len(strides)],
+            'patch_norm=False': not patch_norm,
+            f'qk_scale={qk_scale} (head_dim ** -0.5 is used)':
+            qk_scale is not None,
+            'use_abs_pos_embed=True': use_abs_pos_embed,
+            f'act_cfg={act_cfg} (the FP MLP uses GELU)':
+            act_cfg is not None and act_cfg.get('type') != 'GELU',
+            f'norm_cfg={norm_cfg} (LayerNorm is used)':
+            norm_cfg is not None and norm_cfg.get('type') != 'LN',
+        })
+        spec = self._resolve_arch(arch, embed_dims=embed_dims, depths=depths,
+                                  num_heads=num_heads)
+        embed_dims = spec['embed_dims']
+        depths, num_heads = tuple(spec['depths']), tuple(spec['num_heads'])
         if len(depths) != len(num_heads):
             raise ValueError(f'depths {depths} and num_heads {num_heads} must '
                              'have one entry per stage')
-        overrides = {**(preset_overrides or {}), **overrides}
-        self.preset = resolve_preset(preset, **overrides)
+        self.preset = self._resolve_preset(preset, preset_overrides,
+                                           overrides)
         self.num_layers = len(depths)
-        bad = [i for i in out_indices if not 0 <= i < self.num_layers]
-        if bad:
-            raise ValueError(f'out_indices {tuple(out_indices)} must be in '
-                             f'[0, {self.num_layers})')
-        self.out_indices = tuple(out_indices)
+        self.out_indices = self._resolve_out_indices(out_indices,
+                                                     self.num_layers)
         self.frozen_stages = frozen_stages
         self.window_size = (window_size, window_size) \
             if isinstance(window_size, int) else tuple(window_size)
@@ -359,28 +361,6 @@ class DIDBSwin(StrictPretrainedMixin, BaseModule):
             self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
         self._register_load_state_dict_pre_hook(self._convert_checkpoint)
 
-    @staticmethod
-    def _check_mmseg_compat(patch_size, strides, patch_norm, qk_scale,
-                            use_abs_pos_embed, act_cfg, norm_cfg) -> None:
-        """Reject mmseg Swin options this backbone does not implement."""
-        errors = []
-        if strides is not None and tuple(strides) != (patch_size, 2, 2, 2)[
-                :len(strides)]:
-            errors.append(f'strides={tuple(strides)} (only (patch_size, 2, 2, 2))')
-        if not patch_norm:
-            errors.append('patch_norm=False')
-        if qk_scale is not None:
-            errors.append(f'qk_scale={qk_scale} (head_dim ** -0.5 is used)')
-        if use_abs_pos_embed:
-            errors.append('use_abs_pos_embed=True')
-        if act_cfg is not None and act_cfg.get('type') != 'GELU':
-            errors.append(f'act_cfg={act_cfg} (the FP MLP uses GELU)')
-        if norm_cfg is not None and norm_cfg.get('type') != 'LN':
-            errors.append(f'norm_cfg={norm_cfg} (LayerNorm is used)')
-        if errors:
-            raise ValueError('DIDBSwin does not support ' + ', '.join(errors)
-                             + '; remove these keys from the backbone config')
-
     # ----------------------------------------------------------- checkpoints
     def _num_heads_at(self, attn_key: str) -> int:
         return self.get_submodule(attn_key).num_heads
@@ -389,26 +369,8 @@ class DIDBSwin(StrictPretrainedMixin, BaseModule):
         """Convert timm / official / mmseg Swin keys (pre-hook of the mixin)."""
         converted, report = convert_swin_state_dict(
             own, self.state_dict(), self._num_heads_at)
-        if report['layout'] != 'didb' or report['kept_init']:
-            print_log(
-                f"DIDBSwin: converted a {report['layout']} Swin checkpoint; "
-                f"dropped {len(report['dropped'])} buffer/classifier keys, "
-                f"{len(report['kept_init'])} binary-only / output-norm "
-                'parameters keep their init', logger='current')
+        self._log_conversion(report)
         return converted
-
-    def _init_fresh(self) -> None:
-        """timm's Swin init (run when no Pretrained init_cfg is given)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, DIDBWindowAttention):
-                trunc_normal_(m.relative_position_bias_table, std=.02)
 
     # --------------------------------------------------------------- training
     def train(self, mode: bool = True) -> 'DIDBSwin':

@@ -14,25 +14,24 @@ stem, the position embedding, the LayerNorms and the final norm stay FP.
 With ``preset='fp'`` the network is exactly timm's / DeiT's
 ``VisionTransformer`` (a converted timm DeiT gives timm's tokens).
 """
-import warnings
 from functools import partial
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_norm_layer
-from mmengine.logging import print_log
-from mmengine.model import BaseModule, ModuleList
+from mmengine.model import ModuleList
 from mmengine.model.weight_init import trunc_normal_
 from mmseg.models.utils import PatchEmbed
 from mmseg.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair as to_2tuple
 
-from mmseg_didb.binary.presets import BinaryPreset, resolve_preset
+from mmseg_didb.binary.presets import BinaryPreset
+from mmseg_didb.binary.rprelu import resize_token_map
 from ..layers.transformer_block import DIDBBlock
-from ..utils.checkpoint import StrictPretrainedMixin
-from ..utils.vit_convert import convert_vit_state_dict, resize_grid_tokens
+from ..utils.vit_convert import convert_vit_state_dict
+from .base import DIDBBackbone
 
 Tensor = torch.Tensor
 
@@ -51,7 +50,7 @@ def _build_norm(norm_cfg: dict, num_features: int) -> nn.Module:
 
 
 @MODELS.register_module()
-class DIDBViT(StrictPretrainedMixin, BaseModule):
+class DIDBViT(DIDBBackbone):
     """Binary DeiT / ViT backbone (DIDB-ViT) with mmseg ViT's interface.
 
     Args:
@@ -99,6 +98,8 @@ class DIDBViT(StrictPretrainedMixin, BaseModule):
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH, prefix=None)``
             loads a timm / DeiT / mmseg-ViT / own checkpoint strictly (see
             :meth:`init_weights`).
+        **overrides: Preset fields given directly (same as
+            ``preset_overrides``).
     """
 
     arch_zoo: Dict[str, dict] = {
@@ -110,6 +111,8 @@ class DIDBViT(StrictPretrainedMixin, BaseModule):
                           mlp_ratio=4),
     }
 
+    arch_keys = ('embed_dims', 'num_layers', 'num_heads')
+    arch_defaults = dict(mlp_ratio=4)
     checkpoint_hint = CHECKPOINT_HINT
     # binary-only parameters a FP checkpoint lacks keep timm's init
     init_before_load = True
@@ -145,24 +148,21 @@ class DIDBViT(StrictPretrainedMixin, BaseModule):
                  with_cp: bool = False,
                  attn_cfg: Optional[dict] = None,
                  pretrained: Optional[str] = None,
-                 init_cfg: Optional[dict] = None) -> None:
-        super().__init__(init_cfg=init_cfg)
-        if pretrained is not None:
-            if init_cfg is not None:
-                raise ValueError(
-                    'Set either init_cfg or pretrained, not both.')
-            if not isinstance(pretrained, str):
-                raise TypeError('pretrained must be a path (str) or None.')
-            warnings.warn('DIDBViT: `pretrained` is deprecated, use '
-                          'init_cfg=dict(type="Pretrained", checkpoint=...).')
-            self.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-
-        self._check_mmseg_compat(act_cfg, patch_norm, pre_norm, num_fcs)
-        arch_cfg = self._resolve_arch(arch)
-        embed_dims = embed_dims or arch_cfg['embed_dims']
-        num_layers = num_layers or arch_cfg['num_layers']
-        num_heads = num_heads or arch_cfg['num_heads']
-        mlp_ratio = mlp_ratio or arch_cfg['mlp_ratio']
+                 init_cfg: Optional[dict] = None,
+                 **overrides) -> None:
+        super().__init__(init_cfg, pretrained)
+        self._check_mmseg_compat({
+            f'act_cfg={act_cfg} (the FP MLP uses GELU)':
+            act_cfg is not None and act_cfg.get('type') != 'GELU',
+            'patch_norm=True': patch_norm,
+            'pre_norm=True': pre_norm,
+            f'num_fcs={num_fcs} (the MLP has fc1 and fc2)': num_fcs != 2,
+        })
+        spec = self._resolve_arch(arch, embed_dims=embed_dims,
+                                  num_layers=num_layers, num_heads=num_heads,
+                                  mlp_ratio=mlp_ratio)
+        embed_dims, num_layers = spec['embed_dims'], spec['num_layers']
+        num_heads, mlp_ratio = spec['num_heads'], spec['mlp_ratio']
         if embed_dims % num_heads:
             raise ValueError(f'embed_dims ({embed_dims}) must be divisible by '
                              f'num_heads ({num_heads}).')
@@ -170,7 +170,8 @@ class DIDBViT(StrictPretrainedMixin, BaseModule):
             raise ValueError(
                 'output_cls_token=True needs with_cls_token=True.')
 
-        self.preset = resolve_preset(preset, **(preset_overrides or {}))
+        self.preset = self._resolve_preset(preset, preset_overrides,
+                                           overrides)
         self.img_size = to_2tuple(img_size) if isinstance(img_size, int) \
             else tuple(img_size)
         if len(self.img_size) != 2:
@@ -231,59 +232,13 @@ class DIDBViT(StrictPretrainedMixin, BaseModule):
             self.norm = build_norm_layer(norm_cfg, embed_dims)[1]
         self._register_load_state_dict_pre_hook(self._convert_checkpoint)
 
-    # ------------------------------------------------------------------ setup
-    @staticmethod
-    def _check_mmseg_compat(act_cfg: Optional[dict], patch_norm: bool,
-                            pre_norm: bool, num_fcs: int) -> None:
-        """Reject mmseg ViT options this backbone does not implement."""
-        errors = []
-        if act_cfg is not None and act_cfg.get('type') != 'GELU':
-            errors.append(f'act_cfg={act_cfg} (the FP MLP uses GELU)')
-        if patch_norm:
-            errors.append('patch_norm=True')
-        if pre_norm:
-            errors.append('pre_norm=True')
-        if num_fcs != 2:
-            errors.append(f'num_fcs={num_fcs} (the MLP has fc1 and fc2)')
-        if errors:
-            raise ValueError('DIDBViT does not support ' + ', '.join(errors)
-                             + '; remove these keys from the backbone config')
-
-    @classmethod
-    def _resolve_arch(cls, arch: Union[str, dict]) -> dict:
-        if isinstance(arch, dict):
-            missing = {'embed_dims', 'num_layers', 'num_heads'} - set(arch)
-            if missing:
-                raise ValueError(f'Custom arch dict lacks {sorted(missing)}.')
-            return dict(dict(mlp_ratio=4), **arch)
-        if arch not in cls.arch_zoo:
-            raise ValueError(f'Unknown DIDBViT arch "{arch}"; choose one of '
-                             f'{sorted(cls.arch_zoo)} or pass a dict.')
-        return cls.arch_zoo[arch]
-
-    @staticmethod
-    def _resolve_out_indices(out_indices: Union[int, Sequence[int]],
-                             num_layers: int) -> Tuple[int, ...]:
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        if not isinstance(out_indices, (list, tuple)):
-            raise TypeError('out_indices must be an int, list or tuple.')
-        resolved = []
-        for i in out_indices:
-            j = i + num_layers if i < 0 else i
-            if not 0 <= j < num_layers:
-                raise ValueError(f'out_indices entry {i} is out of range for '
-                                 f'num_layers={num_layers}.')
-            resolved.append(j)
-        return tuple(resolved)
-
     # ---------------------------------------------------------------- forward
     def _pos_embed(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
         """Add the position embedding, resized when the grid differs."""
         pos = self.pos_embed
         if tuple(hw) != self.ref_grid:
-            pos = resize_grid_tokens(pos, self.ref_grid, hw, 1,
-                                     self.interpolate_mode)
+            pos = resize_token_map(pos, self.ref_grid, hw, 1,
+                                   self.interpolate_mode)
         return self.drop_after_pos(x + pos)
 
     def _to_output(self, x: Tensor,
@@ -329,18 +284,10 @@ class DIDBViT(StrictPretrainedMixin, BaseModule):
         return self
 
     # ------------------------------------------------------------------- init
-    def _init_fresh(self) -> None:
-        """timm's ViT init for the FP parts; binary extras keep their own."""
+    def _init_tokens(self) -> None:
+        """timm's ViT init of the position embedding and the CLS token."""
         trunc_normal_(self.pos_embed, std=.02)
         trunc_normal_(self.cls_token, std=.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def _convert_state_dict(self, own: dict) -> dict:
         """Convert timm / DeiT / mmseg-ViT keys, resize the position
@@ -348,11 +295,5 @@ class DIDBViT(StrictPretrainedMixin, BaseModule):
         converted, report = convert_vit_state_dict(
             own, self.state_dict(), self.ref_grid, self.num_extra_tokens,
             num_heads=self.num_heads, interpolate_mode=self.interpolate_mode)
-        if report['layout'] != 'didb' or report['kept_init'] \
-                or report['dropped']:
-            print_log(
-                f"DIDBViT: converted a {report['layout']} ViT checkpoint; "
-                f"dropped classification keys {report['dropped']}; "
-                f"{len(report['kept_init'])} binary-only parameters keep "
-                'their init', logger='current')
+        self._log_conversion(report)
         return converted

@@ -12,14 +12,13 @@ Accepted source layouts (detected from the keys by :func:`detect_swin_layout`):
   patch-merging weights are in ``nn.Unfold`` channel order.
 * ``didb``: the plugin's own layout (any preset).
 
-Conversion is two steps: :func:`to_timm_layout` renames any source to the
-timm layout (the canonical FP layout); :func:`adapt_to_model` fits it to a
-concrete model: ``qkv`` is split into the ``q``/``k``/``v`` units, and with
-HFSC the pretrained Q (K) initialises both the low- and the high-frequency
-unit (``Q_L = Q_H = Q``; with ``hfsc='split'`` Q_L takes the first and Q_H the
-second half of each head's dimensions, so ``Q_L K_L^T + Q_H K_H^T = Q K^T``);
-relative-position-bias tables are resized to the model's window; the
-classification head is dropped; FP ``norm`` becomes the last output norm.
+Conversion is the two steps of :mod:`.convert_core`: :func:`to_fp_layout`
+renames any source to the plugin's FP layout (the fused ``qkv`` split into
+the ``q``/``k``/``v`` units); :func:`adapt_to_model` fits it to a concrete
+model: with HFSC the pretrained Q (K) initialises both the low- and the
+high-frequency unit (:func:`~.convert_core.route_qk`), relative-position-bias
+tables are resized to the model's window, the classification head is
+dropped, FP ``norm`` becomes the last output norm.
 
 Parameters that exist only in binary models and have no FP counterpart (unit
 norms, RPReLU and Token RPReLU terms, quantizer shifts/scales, HFSC mixing
@@ -34,8 +33,11 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 from timm.layers import resize_rel_pos_bias_table
 
+from .convert_core import (FP_ATTN_UNITS, fill_init_only, route_qk,
+                           split_qkv, upgrade_legacy_keys)
+
 __all__ = [
-    'SWIN_LAYOUTS', 'detect_swin_layout', 'to_timm_layout', 'adapt_to_model',
+    'SWIN_LAYOUTS', 'detect_swin_layout', 'to_fp_layout', 'adapt_to_model',
     'convert_swin_state_dict', 'FP_KEY_PATTERN', 'is_fp_key'
 ]
 
@@ -51,13 +53,11 @@ FP_KEY_PATTERN = re.compile(
     r'|layers\.\d+\.downsample\.reduction\.linear\.weight'
     r'|layers\.\d+\.blocks\.\d+\.(norm1|norm2)\.(weight|bias)'
     r'|layers\.\d+\.blocks\.\d+\.attn\.relative_position_bias_table'
-    r'|layers\.\d+\.blocks\.\d+\.attn\.(q|k|v|q_low|k_low|q_high|k_high|proj)'
-    r'\.linear\.(weight|bias)'
+    r'|layers\.\d+\.blocks\.\d+\.' + FP_ATTN_UNITS +
     r'|layers\.\d+\.blocks\.\d+\.mlp\.fc[12]\.linear\.(weight|bias))$')
 _OUT_NORM = re.compile(r'^norm\d+\.(weight|bias)$')
 _BUFFERS = ('relative_position_index', 'attn_mask')
 _CLASSIFIER = ('head.', )
-_QK_UNITS = ('q', 'k', 'q_low', 'k_low', 'q_high', 'k_high')
 
 
 def is_fp_key(key: str) -> bool:
@@ -129,13 +129,32 @@ def _official_to_timm(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     }
 
 
-def to_timm_layout(sd: Mapping[str, Tensor],
-                   layout: Optional[str] = None
-                   ) -> Tuple[Dict[str, Tensor], str, List[str]]:
-    """Rename any Swin layout to timm's (own ``didb`` keys pass unchanged).
+def _timm_to_fp(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    out: Dict[str, Tensor] = {}
+    fused: Dict[str, Dict[str, Tensor]] = {}
+    for k, v in sd.items():
+        m = re.match(r'^(.*\.attn)\.qkv\.(weight|bias)$', k)
+        if m:
+            fused.setdefault(m.group(1), {})[m.group(2)] = v
+            continue
+        m = re.match(r'^(.*\.(attn\.proj|mlp\.fc[12]|downsample\.reduction))'
+                     r'\.(weight|bias)$', k)
+        if m:
+            k = f'{m.group(1)}.linear.{m.group(3)}'
+        out[k] = v
+    for attn, wb in fused.items():
+        split_qkv(attn, wb['weight'], wb.get('bias'), out)
+    return out
+
+
+def to_fp_layout(sd: Mapping[str, Tensor],
+                 layout: Optional[str] = None
+                 ) -> Tuple[Dict[str, Tensor], str, List[str]]:
+    """Rename any Swin layout to the plugin's FP layout.
 
     Non-persistent buffers (``relative_position_index``, ``attn_mask``) and
-    the classification head are dropped.
+    the classification head are dropped; own (``didb``) checkpoints of the
+    first release get today's attention names.
 
     Returns:
         ``(state_dict, layout, dropped_keys)``.
@@ -146,30 +165,23 @@ def to_timm_layout(sd: Mapping[str, Tensor],
     dropped = [k for k in sd if k.rsplit('.', 1)[-1] in _BUFFERS
                or k.startswith(_CLASSIFIER)]
     sd = {k: v for k, v in sd.items() if k not in dropped}
+    if layout == 'didb':
+        return upgrade_legacy_keys(sd), layout, dropped
     if layout == 'mmseg':
         sd = _mmseg_to_timm(sd)
     elif layout == 'official':
         sd = _official_to_timm(sd)
-    return sd, layout, dropped
-
-
-def _split_heads(t: Tensor, num_heads: int, half: int) -> Tensor:
-    """Half ``half`` (0 or 1) of every head's channels of a q/k weight or bias."""
-    shape = t.shape
-    hd = shape[0] // num_heads
-    t = t.reshape(num_heads, hd, *shape[1:])
-    t = t[:, :hd // 2] if half == 0 else t[:, hd // 2:]
-    return t.reshape(shape[0] // 2, *shape[1:])
+    return _timm_to_fp(sd), layout, dropped
 
 
 def adapt_to_model(sd: Mapping[str, Tensor],
-                   model_sd: Mapping[str, Tensor],
+                   target_shapes: Mapping[str, torch.Size],
                    num_heads: Callable[[str], int]) -> Dict[str, Tensor]:
-    """Fit a timm-layout (or own-layout) Swin state dict to a DIDBSwin.
+    """Fit an FP-layout (or own-layout) Swin state dict to a DIDBSwin.
 
     Args:
-        sd: Output of :func:`to_timm_layout`.
-        model_sd: The target model's state dict (keys and shapes).
+        sd: Output of :func:`to_fp_layout`.
+        target_shapes: The target model's ``{key: shape}``.
         num_heads: Number of heads of the attention at a key prefix
             (``'layers.0.blocks.0.attn'``), for ``hfsc='split'``.
 
@@ -178,55 +190,22 @@ def adapt_to_model(sd: Mapping[str, Tensor],
         reports them as unexpected).
     """
     out: Dict[str, Tensor] = {}
-
-    def put_qk(attn: str, unit: str, suffix: str, t: Tensor) -> None:
-        """Route a pretrained q/k tensor to the model's q/k unit(s)."""
-        direct = f'{attn}.{unit}.linear.{suffix}'
-        if direct in model_sd:
-            out[direct] = t
-            return
-        low = f'{attn}.{unit}_low.linear.{suffix}'
-        high = f'{attn}.{unit}_high.linear.{suffix}'
-        if low not in model_sd or high not in model_sd:
-            out[direct] = t  # reported as unexpected by the load
-            return
-        if model_sd[low].shape == t.shape:  # hfsc='full': Q_L = Q_H = Q
-            out[low], out[high] = t, t.clone()
-        else:  # hfsc='split': halves of each head
-            heads = num_heads(attn)
-            out[low] = _split_heads(t, heads, 0)
-            out[high] = _split_heads(t, heads, 1)
-
     # timm / official final ``norm`` is the output norm of the last stage
     last_stage = max((int(m.group(1)) for m in
-                      (re.match(r'layers\.(\d+)\.', k) for k in model_sd)
+                      (re.match(r'layers\.(\d+)\.', k) for k in target_shapes)
                       if m), default=-1)
     last_norm = (f'norm{last_stage}'
-                 if f'norm{last_stage}.weight' in model_sd else None)
+                 if f'norm{last_stage}.weight' in target_shapes else None)
     for k, v in sd.items():
-        m = re.match(r'^(.*\.attn)\.qkv\.(weight|bias)$', k)
-        if m:
-            attn, suffix = m.groups()
-            q, kk, vv = v.chunk(3, dim=0)
-            put_qk(attn, 'q', suffix, q)
-            put_qk(attn, 'k', suffix, kk)
-            out[f'{attn}.v.linear.{suffix}'] = vv
+        if route_qk(out, k, v, target_shapes, num_heads):
             continue
-        m = re.match(r'^(.*\.attn)\.(q|k)\.linear\.(weight|bias)$', k)
-        if m and k not in model_sd:  # own hfsc-off checkpoint -> hfsc model
-            put_qk(m.group(1), m.group(2), m.group(3), v)
-            continue
-        m = re.match(r'^(.*\.(attn\.proj|mlp\.fc[12]|downsample\.reduction))'
-                     r'\.(weight|bias)$', k)
-        if m:
-            k = f'{m.group(1)}.linear.{m.group(3)}'
-        elif re.match(r'^norm\.(weight|bias)$', k):
+        if re.match(r'^norm\.(weight|bias)$', k):
             new = f'{last_norm}.{k.split(".")[1]}'
             if last_norm is None or new in sd:
                 continue  # final norm of a stage the model does not output
             k = new
-        if k.endswith('relative_position_bias_table') and k in model_sd:
-            target = model_sd[k].shape
+        if k.endswith('relative_position_bias_table') and k in target_shapes:
+            target = target_shapes[k]
             if v.shape != target:
                 if v.shape[1] != target[1]:
                     raise ValueError(f'{k}: checkpoint has {v.shape[1]} heads,'
@@ -250,15 +229,10 @@ def convert_swin_state_dict(sd: Mapping[str, Tensor],
         (buffers, classifier), ``kept_init`` (binary-only parameters and
         output norms left at their initial values, see the module docstring).
     """
-    timm_sd, layout, dropped = to_timm_layout(sd)
-    out = adapt_to_model(timm_sd, model_sd, num_heads)
-    source_is_fp = not any(k in model_sd and not is_fp_key(k) for k in out)
-    kept = []
-    for k, v in model_sd.items():
-        if k in out:
-            continue
-        if (source_is_fp and not is_fp_key(k)) or (
-                layout != 'didb' and _OUT_NORM.match(k)):
-            out[k] = v
-            kept.append(k)
+    fp_sd, layout, dropped = to_fp_layout(sd)
+    shapes = {k: v.shape for k, v in model_sd.items()}
+    out = adapt_to_model(fp_sd, shapes, num_heads)
+    kept = fill_init_only(
+        out, model_sd, is_fp_key,
+        also=lambda k: layout != 'didb' and bool(_OUT_NORM.match(k)))
     return out, dict(layout=layout, dropped=dropped, kept_init=kept)

@@ -10,16 +10,16 @@ Accepted source layouts (detected from the keys):
 * ``didb``: the plugin's own checkpoints (any preset), with or without a
   ``backbone.`` / ``module.`` prefix.
 
-Conversion is in two steps. :func:`to_didb_layout` renames a source into the
-DIDBViT key layout with FP attention units (``attn.q``/``attn.k``/``attn.v``):
-the fused ``qkv`` projection is split into three. :func:`adapt_to_target`
-then fits that dict to a concrete model: with HFSC on, the ``q``/``k`` units
-are copied to both the low- and the high-frequency units (``q_low``,
-``q_high``, ``k_low``, ``k_high``; with ``hfsc='split'`` each takes half of
-every head's dimensions, so ``Q_L K_L^T + Q_H K_H^T = Q K^T``), the position
-embedding and the Token RPReLU maps are resized to the model's token grid,
-and keys the backbone never uses (classification heads, the distillation
-token, the final ``norm`` of a model without one) are dropped and reported.
+Conversion is the two steps of :mod:`.convert_core`: :func:`to_fp_layout`
+renames a source into the plugin's FP layout (the fused ``qkv`` split into
+the ``q``/``k``/``v`` units); :func:`adapt_to_model` then fits that dict to
+a concrete model: with HFSC on, the pretrained Q (K) initialises both the
+low- and the high-frequency unit (:func:`~.convert_core.route_qk`), the
+position embedding and the Token RPReLU maps are resized to the model's
+token grid (:func:`~mmseg_didb.binary.rprelu.resize_token_map`, the resize
+the model itself uses), and keys the backbone never uses (classification
+heads, the distillation token, the final ``norm`` of a model without one)
+are dropped and reported.
 
 Parameters that exist only in binary models (unit norms, RPReLU and Token
 RPReLU terms, quantizer shifts/scales, HFSC mixing, DIBA scales) keep their
@@ -34,14 +34,16 @@ import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
+from mmseg_didb.binary.rprelu import resize_token_map
 from .checkpoint import unwrap_state_dict
+from .convert_core import (FP_ATTN_UNITS, fill_init_only, route_qk,
+                           split_qkv, upgrade_legacy_keys)
 
 __all__ = [
-    'FP_KEY_PATTERN', 'is_fp_key', 'detect_layout', 'to_didb_layout',
-    'resize_grid_tokens', 'infer_token_grid', 'adapt_to_target',
-    'convert_vit_state_dict', 'convert_vit_checkpoint'
+    'FP_KEY_PATTERN', 'is_fp_key', 'detect_layout', 'to_fp_layout',
+    'infer_token_grid', 'adapt_to_model', 'convert_vit_state_dict',
+    'convert_vit_checkpoint'
 ]
 
 Tensor = torch.Tensor
@@ -56,8 +58,7 @@ FP_KEY_PATTERN = re.compile(
     r'^(patch_embed\.projection\.(weight|bias)|cls_token|pos_embed'
     r'|norm\.(weight|bias)'
     r'|layers\.\d+\.(norm1|norm2)\.(weight|bias)'
-    r'|layers\.\d+\.attn\.(q|k|v|q_low|k_low|q_high|k_high|proj)'
-    r'\.linear\.(weight|bias)'
+    r'|layers\.\d+\.' + FP_ATTN_UNITS +
     r'|layers\.\d+\.mlp\.fc[12]\.linear\.(weight|bias))$')
 
 #: Parameter names of Token RPReLU maps (resized like the position embedding).
@@ -87,24 +88,11 @@ def detect_layout(sd: Mapping[str, Tensor]) -> str:
     raise ValueError(
         'Unrecognised ViT checkpoint: expected timm/DeiT keys ("blocks.0."), '
         'mmseg ViT keys ("layers.0.attn.attn.in_proj_weight") or DIDBViT '
-        f'keys ("layers.0.attn.q."), got e.g. {sorted(keys)[:6]}. For a '
+        f'keys ("layers.0.attn.v."), got e.g. {sorted(keys)[:6]}. For a '
         'segmentor checkpoint pass prefix="backbone.".')
 
 
-def _split_qkv(prefix: str, weight: Tensor, bias: Optional[Tensor],
-               out: Dict[str, Tensor]) -> None:
-    """Split a fused (3C, C) qkv projection into three DIDB units."""
-    if weight.shape[0] % 3:
-        raise ValueError(f'{prefix}: fused qkv weight has {weight.shape[0]} '
-                         'rows, not a multiple of 3.')
-    for name, w in zip(('q', 'k', 'v'), weight.chunk(3, dim=0)):
-        out[f'{prefix}.{name}.linear.weight'] = w.clone()
-    if bias is not None:
-        for name, b in zip(('q', 'k', 'v'), bias.chunk(3, dim=0)):
-            out[f'{prefix}.{name}.linear.bias'] = b.clone()
-
-
-def _timm_to_didb(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+def _timm_to_fp(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     out: Dict[str, Tensor] = {}
     fused: Dict[str, Dict[str, Tensor]] = {}
     for k, v in sd.items():
@@ -126,11 +114,11 @@ def _timm_to_didb(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         else:  # norm1 / norm2 keep their names; anything else is reported
             out[f'{base}.{rest}'] = v
     for prefix, wb in fused.items():
-        _split_qkv(prefix, wb['weight'], wb.get('bias'), out)
+        split_qkv(prefix, wb['weight'], wb.get('bias'), out)
     return out
 
 
-def _mmseg_to_didb(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+def _mmseg_to_fp(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     out: Dict[str, Tensor] = {}
     fused: Dict[str, Dict[str, Tensor]] = {}
     renames = (
@@ -157,13 +145,13 @@ def _mmseg_to_didb(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
                 break
         out[f'layers.{i}.{rest}'] = v
     for prefix, wb in fused.items():
-        _split_qkv(prefix, wb['weight'], wb.get('bias'), out)
+        split_qkv(prefix, wb['weight'], wb.get('bias'), out)
     return out
 
 
-def to_didb_layout(sd: Mapping[str, Tensor],
-                   layout: Optional[str] = None) -> Dict[str, Tensor]:
-    """Rename a timm / DeiT / mmseg / own ViT state dict to DIDBViT keys.
+def to_fp_layout(sd: Mapping[str, Tensor],
+                 layout: Optional[str] = None) -> Dict[str, Tensor]:
+    """Rename a timm / DeiT / mmseg / own ViT state dict to the FP layout.
 
     Args:
         sd: The plain state dict (see
@@ -172,45 +160,18 @@ def to_didb_layout(sd: Mapping[str, Tensor],
 
     Returns:
         dict: DIDBViT keys; from timm and mmseg sources the attention units
-        are ``q``, ``k``, ``v`` (FP layout, fused ``qkv`` split in three).
+        are ``similarity.q``, ``similarity.k``, ``v`` (fused ``qkv`` split in
+        three); own checkpoints of the first release get today's names.
     """
     layout = layout or detect_layout(sd)
     if layout == 'timm':
-        return _timm_to_didb(sd)
+        return _timm_to_fp(sd)
     if layout == 'mmseg':
-        return _mmseg_to_didb(sd)
+        return _mmseg_to_fp(sd)
     if layout == 'didb':
-        return dict(sd)
+        return upgrade_legacy_keys(sd)
     raise ValueError(
         f'layout must be "timm", "mmseg" or "didb", got {layout!r}')
-
-
-def resize_grid_tokens(tokens: Tensor, src_grid: Sequence[int],
-                       dst_grid: Sequence[int], num_extra_tokens: int = 1,
-                       mode: str = 'bicubic') -> Tensor:
-    """Resize a (1, extra + H*W, C) token-grid parameter to another grid.
-
-    Used for the position embedding and, with ``C = 1``, the Token RPReLU
-    maps. The leading ``num_extra_tokens`` rows (CLS) are kept as they are;
-    the grid part is interpolated like mmseg's ``resize_pos_embed``
-    (``align_corners=False``).
-    """
-    src_h, src_w = src_grid
-    dst_h, dst_w = dst_grid
-    if tokens.shape[1] != num_extra_tokens + src_h * src_w:
-        raise ValueError(
-            f'Token tensor of shape {tuple(tokens.shape)} does not hold '
-            f'{num_extra_tokens} extra token(s) plus a {src_h}x{src_w} grid.')
-    if (src_h, src_w) == (dst_h, dst_w):
-        return tokens
-    extra, grid = tokens[:, :num_extra_tokens], tokens[:, num_extra_tokens:]
-    c = grid.shape[-1]
-    grid = grid.reshape(1, src_h, src_w, c).permute(0, 3, 1, 2)
-    kwargs = {} if mode == 'nearest' else dict(align_corners=False)
-    grid = F.interpolate(grid.float(), size=(dst_h, dst_w), mode=mode,
-                         **kwargs).to(tokens.dtype)
-    grid = grid.flatten(2).transpose(1, 2)
-    return torch.cat([extra, grid], dim=1)
 
 
 def _square_grid(num_tokens: int, candidates: Sequence[int],
@@ -251,35 +212,26 @@ def _fit_grid_param(key: str, v: Tensor, target_shape: torch.Size,
     elif src_extra < dst_extra:
         pad = v.new_zeros(1, dst_extra - src_extra, v.shape[2])
         v = torch.cat([v[:, :src_extra], pad, v[:, src_extra:]], dim=1)
-    v = resize_grid_tokens(v, src_grid, dst_grid, dst_extra, mode)
+    v = resize_token_map(v, src_grid, dst_grid, dst_extra, mode)
     if v.shape != target_shape:
         raise ValueError(f'{key}: resized to {tuple(v.shape)}, but the model '
                          f'expects {tuple(target_shape)}.')
     return v
 
 
-def _head_half(t: Tensor, num_heads: int, half: int) -> Tensor:
-    """Rows of one half of every head's dimensions (``hfsc='split'``)."""
-    rows = t.shape[0]
-    hd = rows // num_heads
-    t = t.reshape(num_heads, hd, *t.shape[1:])
-    t = t[:, :hd // 2] if half == 0 else t[:, hd // 2:]
-    return t.reshape(rows // 2, *t.shape[2:]).clone()
-
-
-def adapt_to_target(sd: Mapping[str, Tensor],
-                    target_shapes: Mapping[str, torch.Size],
-                    grid: Tuple[int, int],
-                    num_extra_tokens: int = 1,
-                    num_heads: Optional[int] = None,
-                    interpolate_mode: str = 'bicubic',
-                    token_map_mode: str = 'bilinear',
-                    src_grid: Optional[Tuple[int, int]] = None
-                    ) -> Tuple[Dict[str, Tensor], List[str]]:
+def adapt_to_model(sd: Mapping[str, Tensor],
+                   target_shapes: Mapping[str, torch.Size],
+                   grid: Tuple[int, int],
+                   num_extra_tokens: int = 1,
+                   num_heads: Optional[int] = None,
+                   interpolate_mode: str = 'bicubic',
+                   token_map_mode: str = 'bilinear',
+                   src_grid: Optional[Tuple[int, int]] = None
+                   ) -> Tuple[Dict[str, Tensor], List[str]]:
     """Fit a DIDBViT-layout state dict to a concrete model.
 
     Args:
-        sd: Output of :func:`to_didb_layout`.
+        sd: Output of :func:`to_fp_layout`.
         target_shapes: The model's ``{key: shape}`` (from its state dict).
         grid: The model's reference token grid (``img_size // patch_size``).
         num_extra_tokens: CLS tokens of the model's Token RPReLU maps (the
@@ -305,24 +257,8 @@ def adapt_to_target(sd: Mapping[str, Tensor],
                 or k == 'dist_token') and k not in target_shapes:
             dropped.append(k)
             continue
-        m = re.match(r'(layers\.\d+\.attn\.)(q|k)\.(.+)$', k)
-        if m and k not in target_shapes:
-            # HFSC target: the pretrained Q (K) initialises both branches.
-            low = f'{m.group(1)}{m.group(2)}_low.{m.group(3)}'
-            high = f'{m.group(1)}{m.group(2)}_high.{m.group(3)}'
-            if low in target_shapes and high in target_shapes:
-                if target_shapes[low] == v.shape:  # hfsc='full'
-                    out[low], out[high] = v.clone(), v.clone()
-                elif m.group(3).startswith('linear.'):  # hfsc='split'
-                    if num_heads is None:
-                        raise ValueError('hfsc="split" needs num_heads.')
-                    # Q_L K_L^T + Q_H K_H^T == Q K^T at init.
-                    out[low] = _head_half(v, num_heads, 0)
-                    out[high] = _head_half(v, num_heads, 1)
-                else:
-                    out[k] = v  # a binary-unit extra: reported by the load
-                continue
-        out[k] = v
+        if not route_qk(out, k, v, target_shapes, num_heads):
+            out[k] = v
 
     if 'pos_embed' in out and 'pos_embed' in target_shapes:
         # timm DeiT-distilled has 2 prefix rows, plain ViT/DeiT 1.
@@ -355,7 +291,7 @@ def convert_vit_state_dict(sd: Mapping[str, Tensor],
         sd: Plain state dict (unwrapped, prefix stripped).
         model_sd: The target model's state dict.
         grid, num_extra_tokens, num_heads, interpolate_mode, src_grid: see
-            :func:`adapt_to_target`.
+            :func:`adapt_to_model`.
 
     Returns:
         ``(state_dict, report)``; ``report`` has ``layout``, ``dropped``
@@ -364,16 +300,10 @@ def convert_vit_state_dict(sd: Mapping[str, Tensor],
     """
     layout = detect_layout(sd)
     shapes = {k: v.shape for k, v in model_sd.items()}
-    out, dropped = adapt_to_target(
-        to_didb_layout(sd, layout), shapes, grid, num_extra_tokens,
+    out, dropped = adapt_to_model(
+        to_fp_layout(sd, layout), shapes, grid, num_extra_tokens,
         num_heads, interpolate_mode, src_grid=src_grid)
-    source_is_fp = not any(k in model_sd and not is_fp_key(k) for k in out)
-    kept = []
-    if source_is_fp:
-        for k, v in model_sd.items():
-            if k not in out and not is_fp_key(k):
-                out[k] = v
-                kept.append(k)
+    kept = fill_init_only(out, model_sd, is_fp_key)
     return out, dict(layout=layout, dropped=dropped, kept_init=kept)
 
 
