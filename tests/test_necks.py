@@ -61,9 +61,7 @@ def test_weights_and_inputs_are_binary():
 
 def test_gradients_single_input_and_options():
     neck = BinaryMultiLevelNeck([16], 8, scales=[2, 1, 0.5], preset='didb',
-                                norm_cfg=dict(type='BN'),
-                                act_cfg=dict(type='ReLU'))
-    assert isinstance(neck.convs[0].act, torch.nn.ReLU)
+                                norm_cfg=dict(type='BN'))
     outs = neck(_inputs(n=1))  # one input replicated to every scale
     assert [o.shape[-1] for o in outs] == [8, 4, 2]
     sum(o.square().mean() for o in outs).backward()
@@ -71,10 +69,40 @@ def test_gradients_single_input_and_options():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
 
 
-def test_incompatible_widths_and_bad_args():
-    # 12 -> 8 is neither a repeat nor a group average: no bypass there
+def test_norm_and_act_cfg_mean_what_they_mean_in_the_heads():
+    """One helper builds the units of neck and heads: an activation config
+    gives the preset's unit activation, None none; None norm is BN."""
+    from mmseg_didb.models.decode_heads import BinaryFCNHead
+    head = BinaryFCNHead(in_channels=16, channels=8, num_convs=1,
+                         num_classes=3, concat_input=False, preset='didb',
+                         act_cfg=None, norm_cfg=None)
+    neck = BinaryMultiLevelNeck([16], 8, scales=[1], preset='didb',
+                                act_cfg=None)
+    for unit in (head.convs[0], neck.convs[0]):
+        assert isinstance(unit.act, torch.nn.Identity)
+        assert isinstance(unit.norm, torch.nn.BatchNorm2d)
+    neck = BinaryMultiLevelNeck([16], 8, scales=[1], preset='didb',
+                                act_cfg=dict(type='GELU'))
+    assert isinstance(neck.convs[0].act, RPReLU)
+
+
+@pytest.mark.parametrize('act_cfg', [None, dict(type='ReLU')])
+def test_fp_preset_is_exactly_mmseg_neck(act_cfg):
+    cfg = dict(in_channels=[16] * 2, out_channels=8, scales=[2, 1],
+               act_cfg=act_cfg)
+    fp = BinaryMultiLevelNeck(**cfg, preset='fp')
+    ref = MultiLevelNeck(**cfg)
+    assert not any(isinstance(m, BinaryConvUnit) for m in fp.modules())
+    fp.load_state_dict(ref.state_dict(), strict=True)
+    xs = _inputs(n=2)
+    for a, b in zip(fp(xs), ref(xs)):
+        assert torch.equal(a, b)
+
+
+def test_any_widths_and_bad_args():
+    # 12 -> 8 is neither a repeat nor a group average: uneven groups
     neck = BinaryMultiLevelNeck([12, 16], 8, scales=[1, 1], preset='didb')
-    assert neck.lateral_convs[0].bypass is None
+    assert neck.lateral_convs[0].bypass is not None
     assert neck.lateral_convs[1].bypass is not None
     outs = neck([torch.randn(1, 12, 4, 4), torch.randn(1, 16, 4, 4)])
     assert outs[0].shape == (1, 8, 4, 4)

@@ -13,10 +13,11 @@ from typing import Optional
 from mmcv.cnn import ConvModule, build_norm_layer
 from torch import nn
 
-from ...binary import BinaryConvUnit, BinaryPreset
+from ...binary import BinaryConvUnit, BinaryPreset, resolve_preset
 
 __all__ = ['binary_unit_from_conv_module', 'binarize_conv_modules',
-           'rename_conv_module_norms', 'set_unit_checkpointing']
+           'rename_conv_module_norms', 'set_unit_checkpointing',
+           'BinaryConvModulesMixin']
 
 # mmcv names a ConvModule's norm after its type ('bn', 'gn', 'ln', ...); a
 # binary unit calls it 'norm'
@@ -123,3 +124,31 @@ def set_unit_checkpointing(module: nn.Module, with_cp: bool) -> int:
     for unit in units:
         unit.with_cp = bool(with_cp)
     return len(units)
+
+
+class BinaryConvModulesMixin:
+    """Swaps the ``ConvModule``s of an mmseg head or neck for binary units.
+
+    Mix in before the mmseg class and call :meth:`_binarize` after its
+    ``__init__`` built the ``ConvModule``s from ``norm_cfg`` / ``act_cfg``;
+    both keep one meaning for every binary head and neck (see
+    :func:`binary_unit_from_conv_module`). With a non-binary preset
+    (``'fp'``) nothing is swapped: the module is exactly mmseg's.
+    """
+
+    preset: BinaryPreset
+
+    def _binarize(self, preset, preset_overrides: Optional[dict],
+                  with_cp: bool = False) -> None:
+        if preset_overrides is not None and not isinstance(
+                preset_overrides, dict):
+            raise TypeError('preset_overrides must be a dict such as '
+                            f'dict(act="ste"), got {preset_overrides!r}')
+        self.preset = resolve_preset(preset, **(preset_overrides or {}))
+        self.num_binary_units = 0
+        if self.preset.unit or self.preset.is_binary:
+            self.num_binary_units = binarize_conv_modules(
+                self, self.preset, self.norm_cfg, self.act_cfg)
+            self._register_load_state_dict_pre_hook(
+                rename_conv_module_norms, with_module=True)
+        set_unit_checkpointing(self, with_cp)

@@ -16,37 +16,13 @@ from typing import Optional, Sequence
 from mmseg.models.decode_heads import FCNHead, UPerHead
 from mmseg.registry import MODELS
 
-from ...binary import BinaryPreset, resolve_preset
-from .binary_conv_module import (binarize_conv_modules,
-                                 rename_conv_module_norms,
-                                 set_unit_checkpointing)
+from .binary_conv_module import BinaryConvModulesMixin
 
 __all__ = ['BinaryUPerHead', 'BinaryFCNHead']
 
 
-class BinaryHeadMixin:
-    """Swaps the ``ConvModule``s of an mmseg decode head for binary units."""
-
-    preset: BinaryPreset
-
-    def _binarize(self, preset, preset_overrides: Optional[dict],
-                  with_cp: bool = False) -> None:
-        if preset_overrides is not None and not isinstance(
-                preset_overrides, dict):
-            raise TypeError('preset_overrides must be a dict such as '
-                            f'dict(act="ste"), got {preset_overrides!r}')
-        self.preset = resolve_preset(preset, **(preset_overrides or {}))
-        self.num_binary_units = 0
-        if self.preset.unit or self.preset.is_binary:
-            self.num_binary_units = binarize_conv_modules(
-                self, self.preset, self.norm_cfg, self.act_cfg)
-            self._register_load_state_dict_pre_hook(
-                rename_conv_module_norms, with_module=True)
-        set_unit_checkpointing(self, with_cp)
-
-
 @MODELS.register_module()
-class BinaryUPerHead(BinaryHeadMixin, UPerHead):
+class BinaryUPerHead(BinaryConvModulesMixin, UPerHead):
     """mmseg ``UPerHead`` (PPM + FPN, UPerNet) with binary conv units.
 
     Every 3x3 / 1x1 conv of the PPM, the bottleneck, the lateral and FPN convs
@@ -76,7 +52,7 @@ class BinaryUPerHead(BinaryHeadMixin, UPerHead):
 
 
 @MODELS.register_module()
-class BinaryFCNHead(BinaryHeadMixin, FCNHead):
+class BinaryFCNHead(BinaryConvModulesMixin, FCNHead):
     """mmseg ``FCNHead`` (e.g. UPerNet's auxiliary head) with binary units.
 
     Args:
