@@ -71,11 +71,13 @@ def test_placeholder_not_installed_over_a_real_extension(repo_root):
         import importlib.util, sys, types
         real = types.ModuleType('mmcv._ext')  # stands for a compiled build
         sys.modules['mmcv._ext'] = real
-        # compat.py alone (the package would import mmcv.ops, which this
-        # stand-in cannot serve)
+        # the compat package alone (mmseg_didb would import mmcv.ops, which
+        # this stand-in cannot serve)
         spec = importlib.util.spec_from_file_location(
-            'didb_compat', 'mmseg_didb/compat.py')
+            'didb_compat', 'mmseg_didb/compat/__init__.py',
+            submodule_search_locations=['mmseg_didb/compat'])
         compat = importlib.util.module_from_spec(spec)
+        sys.modules['didb_compat'] = compat
         spec.loader.exec_module(compat)
         compat.apply()
         assert sys.modules['mmcv._ext'] is real

@@ -15,7 +15,7 @@ from mmseg_didb.deploy import (PackedAttention, PackedAttentionMatmuls,
                                UnitEpilogue, binary_linear_unit,
                                convert_to_packed, kernels_available,
                                pack_signs)
-from mmseg_didb.deploy.kernels import haar_split_tokens
+from mmseg_didb.deploy.attention import haar_split_tokens
 from mmseg_didb.models.backbones.didb_swin import (BinaryPatchMerging,
                                                    DIDBWindowAttention)
 from mmseg_didb.models.layers import DIDBAttention, window_attention_mask

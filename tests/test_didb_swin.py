@@ -10,7 +10,8 @@ from mmseg_didb.binary.quantizers import (ASMSign, BWNWeight, ElasticSign,
                                           ReActWeight, RSign, SignSTE,
                                           SignWeight)
 from mmseg_didb.binary.rprelu import ChannelPReLU, RPReLU, TokenRPReLU
-from mmseg_didb.models.backbones.didb_swin import (DIDBSwin, MergeShortcut,
+from mmseg_didb.binary.shortcuts import MergeShortcut
+from mmseg_didb.models.backbones.didb_swin import (DIDBSwin,
                                                    relative_position_index,
                                                    window_and_shift)
 

@@ -291,8 +291,8 @@ def test_mmpretrain_train_tool_then_mmseg_finetune(cls_pretrain, run_tool,
 
 
 def test_mmdet_train_tool_two_iterations(run_tool, tmp_path):
-    from mmseg_didb.datasets.texture_maker import (MosaicSpec, build_dataset,
-                                                   write_coco_annotations)
+    from mmseg_didb.datasets.texture_coco import write_coco_annotations
+    from mmseg_didb.datasets.texture_maker import MosaicSpec, build_dataset
     data = tmp_path / 'det'
     build_dataset(str(data), MosaicSpec(seed=0, size=64, num_train=4,
                                         num_val=2), verbose=False)
@@ -313,8 +313,8 @@ def test_mmdet_train_tool_two_iterations(run_tool, tmp_path):
 
 
 def test_coco_annotations_follow_the_regions(texture_data):
-    from mmseg_didb.datasets.texture_maker import (coco_annotations,
-                                                   read_meta)
+    from mmseg_didb.datasets.texture_coco import coco_annotations
+    from mmseg_didb.datasets.texture_maker import read_meta
     import cv2
     import numpy as np
     meta = read_meta(str(texture_data))

@@ -17,9 +17,10 @@ import time
 # Runs from a checkout without installing the package.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmseg_didb.datasets.texture_maker import (  # noqa: E402
-    CLASS_SETS, MosaicSpec, build_dataset, class_names, is_built,
+from mmseg_didb.datasets.texture_coco import (  # noqa: E402
     write_coco_annotations)
+from mmseg_didb.datasets.texture_maker import (  # noqa: E402
+    CLASS_SETS, MosaicSpec, build_dataset, class_names, is_built)
 
 
 def parse_args() -> argparse.Namespace:

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .complexity import binary_weight
+from .binary_ops import binary_weight
 
 FORMAT = 'mmseg_didb.packed'
 VERSION = 1

@@ -7,8 +7,7 @@ preset table shared by every model of the plugin.
 from .compact import compact_saves, compact_saves_enabled
 from .haar import haar2d, haar_split, ihaar2d
 from .layers import (BinaryConv2d, BinaryConvUnit, BinaryLinear,
-                     BinaryLinearUnit, ChannelShortcut, ConvBypass,
-                     MergeShortcut, TokenNorm)
+                     BinaryLinearUnit, TokenNorm)
 from .presets import PRESET_CHOICES, PRESETS, BinaryPreset, resolve_preset
 from .quantizers import (ACT_QUANTIZERS, ATTN_QUANTIZERS, SAB,
                          WEIGHT_QUANTIZERS, ActivationQuantizer, ApproxSign,
@@ -19,6 +18,7 @@ from .quantizers import (ACT_QUANTIZERS, ATTN_QUANTIZERS, SAB,
                          WeightQuantizer, build_act_quantizer,
                          build_attn_quantizer, build_weight_quantizer, sign)
 from .regularizers import GRSSchedule, binary_weight_layers, grs_loss
+from .shortcuts import ChannelShortcut, ConvBypass, MergeShortcut
 from .rprelu import ChannelPReLU, RPReLU, TokenRPReLU, resize_token_map
 from .switch import (binarization, binarization_state, iter_quantizers,
                      set_binarization)

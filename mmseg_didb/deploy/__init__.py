@@ -12,12 +12,11 @@ C++ extension ``mmseg_didb.deploy._C``; no OpenMMLab import).
 * :mod:`.convert`: :func:`convert_to_packed`, a whole model (segmentor,
   backbone, head) on packed layers and packed attention matmuls.
 """
-from .kernels import (UnitEpilogue, binary_conv2d, binary_linear,
-                      binary_linear_unit, binary_matmul,
-                      kernel_variant, kernel_variants, kernels_available,
-                      mask_matmul, pack_bits, pack_conv_input,
-                      pack_conv_weight, pack_signs, set_kernel_variant,
-                      unpack_signs, use_native)
+from .conv_kernels import binary_conv2d, pack_conv_input, pack_conv_weight
+from .kernels import (UnitEpilogue, binary_linear, binary_linear_unit,
+                      binary_matmul, kernel_variant, kernel_variants,
+                      kernels_available, mask_matmul, pack_bits, pack_signs,
+                      set_kernel_variant, unpack_signs, use_native)
 from .attention import PackedAttention, PackedAttentionMatmuls
 from .convert import PackReport, convert_to_packed
 from .layers import InputBinarizer, PackedBinaryConv2d, PackedBinaryLinear

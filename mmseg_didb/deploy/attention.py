@@ -27,7 +27,57 @@ from . import kernels
 from .kernels import binary_matmul, mask_matmul, pack_signs
 from .layers import InputBinarizer, binarizer_on
 
-__all__ = ['PackedAttentionMatmuls', 'PackedAttention', 'packed_attention']
+__all__ = ['PackedAttentionMatmuls', 'PackedAttention', 'packed_attention',
+           'window_attention', 'haar_split_tokens']
+
+
+# --------------------------------------------------------------------------
+# the fused core (native only: without the extension the attention runs its
+# own PyTorch path with binary_matmul / mask_matmul)
+# --------------------------------------------------------------------------
+def _need_native(what: str) -> None:
+    if not kernels.kernels_available():
+        raise RuntimeError(f'{what} needs the C++ kernels (kernels_available() '
+                           'is False); the attention modules fall back to '
+                           'their PyTorch path without them')
+
+
+def window_attention(q: Sequence[Tensor], k: Sequence[Tensor], v: Tensor,
+                     heads: int, dqk: int, dv: int, h: int, w: int,
+                     extra: int, wh: int, ww: int, sh: int, sw: int,
+                     qk_scale: Sequence[float], scale: float,
+                     mix: Optional[Tensor], bias: Optional[Tensor],
+                     mask: Optional[Tensor], prob_mode: int, prob_a: float,
+                     prob_ratio: float, av_scale: float, v_mag: float,
+                     diba_scale: Optional[Tensor],
+                     diba_local_scale: Optional[Tensor]) -> Tensor:
+    """The binary (window) attention core on packed token maps.
+
+    ``q``, ``k``: per HFSC branch ``(B, N, Kw)`` packed signs of the
+    binarized queries / keys (``dqk`` channels per head, a multiple of 32),
+    ``v``: ``(B, N, Kw)`` value signs (``dv`` per head); windows
+    ``(wh, ww)`` with cyclic shift ``(sh, sw)`` on the ``h x w`` grid
+    (``wh = 0``: one global window, ``extra`` leading tokens), ``bias``
+    ``(heads, Nw, Nw)``, ``mask`` ``(windows, Nw, Nw)``. Returns the
+    attention output before ``proj``, ``(B, N, heads * dv)`` float32: see
+    ``csrc/attention.h`` and docs/method.md (section 3).
+    """
+    _need_native('window_attention')
+    return kernels._C.window_attention(
+        list(q), list(k), v, heads, dqk, dv, h, w, extra, wh, ww, sh, sw,
+        [float(s) for s in qk_scale], float(scale), mix, bias, mask,
+        prob_mode, float(prob_a), float(prob_ratio), float(av_scale),
+        float(v_mag), diba_scale, diba_local_scale)
+
+
+def haar_split_tokens(x: Tensor, h: int, w: int, extra: int = 0,
+                      low: int = 0) -> List[Tensor]:
+    """HFSC band split of a token map ``(B, extra + h*w, C)``: ``[X_L,
+    X_H]`` with ``X_L`` the local 2x2 mean (``low=0``) or the Haar LL
+    (``low=1``), the float operations of
+    :func:`mmseg_didb.binary.haar_split`; extra tokens go to both."""
+    _need_native('haar_split_tokens')
+    return list(kernels._C.haar_split_tokens(x, h, w, extra, low))
 
 
 def _magnitude(q: nn.Module) -> float:
@@ -129,7 +179,7 @@ class PackedAttention(PackedAttentionMatmuls):
         extra = attn.num_extra_tokens
         if attn.hfsc != 'off':
             low = 0 if attn.preset.hfsc_low == 'mean' else 1
-            inputs = kernels.haar_split_tokens(x, h, w, extra, low)
+            inputs = haar_split_tokens(x, h, w, extra, low)
         else:
             inputs = [x]
         q_units, k_units = attn.similarity.units()
@@ -144,7 +194,7 @@ class PackedAttention(PackedAttentionMatmuls):
         mix = attn.similarity.mix.detach() if attn.hfsc != 'off' else None
         diba_s, diba_l = (None if p is None else p.detach() for p in (
             attn.aggregation.shortcut_scale, attn.aggregation.local_scale))
-        out = kernels.window_attention(
+        out = window_attention(
             q, k, v, heads, attn.qk_dims // heads, attn.head_dims, h, w,
             extra, wh, ww, sh, sw, self.qk_scales, attn.scale, mix,
             None if rel_pos_bias is None else rel_pos_bias.detach(),

@@ -14,8 +14,10 @@ they XOR (and AND) to 0 and the dot products below, computed with the true
 * ``mask_matmul(m, v, K)``: ``{0, 1}`` mask times +-1 vector,
   ``2 * popcount(m AND v) - popcount(m)`` (the ``Ab V`` product of binary
   attention, with ``v`` packed along the key axis).
-* ``binary_conv2d``: a convolution of +-1 inputs (zero padding = 0, which one
-  bit cannot hold: the kernel corrects for it exactly, see the C++ source).
+* ``binary_conv2d`` (:mod:`.conv_kernels`): a convolution of +-1 inputs (zero
+  padding = 0, which one bit cannot hold: the kernel corrects for it
+  exactly, see the C++ source); the fused attention core is in
+  :mod:`.attention`.
 * ``binary_linear_unit`` / ``binary_conv2d(..., epilogue=...)``: the scaled
   products with the FP tail of a binary unit (:class:`UnitEpilogue`: norm,
   channel shortcut, (R)PReLU and Token RPReLU terms) applied to each output
@@ -31,7 +33,7 @@ are also the reference the tests compare the native kernels with).
 """
 import os
 from dataclasses import dataclass, fields
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +43,7 @@ __all__ = [
     'kernels_available', 'kernel_variant', 'set_kernel_variant',
     'kernel_variants', 'use_native', 'pack_signs', 'unpack_signs',
     'pack_bits', 'binary_matmul', 'binary_linear', 'binary_linear_unit',
-    'mask_matmul', 'pack_conv_input', 'pack_conv_weight', 'binary_conv2d',
-    'UnitEpilogue', 'window_attention', 'haar_split_tokens', 'words_for'
+    'mask_matmul', 'UnitEpilogue', 'words_for'
 ]
 
 try:  # the extension is optional: PyTorch kernels serve without it
@@ -373,146 +374,3 @@ def mask_matmul(m: Tensor, v: Tensor, k: int) -> Tensor:
         uv = unpack_signs(v3, k, dtype=torch.float64)
         out = (um @ uv.transpose(-1, -2)).round().to(torch.int32)
     return out.reshape(*lead, m.shape[-2], v.shape[-2])
-
-
-# --------------------------------------------------------------------------
-# convolution
-# --------------------------------------------------------------------------
-def pack_conv_input(x: Tensor, div: Optional[Tensor] = None,
-                    add: Optional[Tensor] = None) -> Tensor:
-    """Channel sign bits of a map: ``(N, C, H, W)`` -> ``(N, H*W, Cw)``.
-
-    The bit of channel ``c`` is ``x / div[c] + add[c] >= 0`` (``add`` may be
-    ``(N, C)``, one shift per image); the same float operations as the
-    PyTorch binarizers, so the bits equal their signs.
-    """
-    if x.dim() != 4:
-        raise ValueError(f'expected (N, C, H, W), got {tuple(x.shape)}')
-    if _native_on and x.device.type == 'cpu':
-        return _C.pack_nchw(x, div, add)
-    n, c, h, w = x.shape
-    t = x.float()
-    if div is not None:
-        t = t / div.float().view(1, c, 1, 1)
-    if add is not None:
-        t = t + add.float().reshape(-1, c, 1, 1)
-    return _bits_to_words((t >= 0).permute(0, 2, 3, 1).reshape(n, h * w, c))
-
-
-def pack_conv_weight(pattern: Tensor) -> Tuple[Tensor, Tensor]:
-    """Packed conv weight and per-tap popcounts from a boolean pattern.
-
-    Args:
-        pattern: ``(O, C, kh, kw)`` bool, True = +1.
-
-    Returns:
-        ``(words (O, kh*kw, Cw), popcount (O, kh*kw) int32)``.
-    """
-    o, c, kh, kw = pattern.shape
-    taps = pattern.permute(0, 2, 3, 1).reshape(o, kh * kw, c)
-    words = _bits_to_words(taps)
-    pop = taps.sum(-1).to(torch.int32)
-    return words, pop
-
-
-def binary_conv2d(xp: Tensor, hw: Sequence[int], wp: Tensor, wpop: Tensor,
-                  channels: int, kernel_size: Sequence[int],
-                  stride: Sequence[int], padding: Sequence[int],
-                  dilation: Sequence[int], scale: Tensor,
-                  bias: Optional[Tensor] = None,
-                  epilogue: Optional[UnitEpilogue] = None) -> Tensor:
-    """Convolution of packed +-1 inputs with packed +-1 weights.
-
-    Args:
-        xp: ``(N, H*W, Cw)`` from :func:`pack_conv_input`.
-        hw: ``(H, W)``.
-        wp, wpop: from :func:`pack_conv_weight`.
-        channels: C.
-        kernel_size, stride, padding, dilation: as ``F.conv2d`` (zero
-            padding: the padded input is 0, not +-1).
-        scale, bias: per output channel; the result is
-            ``conv(x_sign, w_sign) * scale + bias``.
-        epilogue: a unit's FP tail applied per output pixel (its ``res``
-            rows are the output pixels in channels-last order; no token
-            terms).
-
-    Returns:
-        ``(N, O, H_out, W_out)`` float32 in channels-last memory (a row of
-        channels per pixel).
-    """
-    (h, w), (kh, kw) = hw, kernel_size
-    if epilogue is not None and (epilogue.token_gamma is not None
-                                 or epilogue.dyn_gamma is not None):
-        raise ValueError('convolutions have no token terms')
-    if _native_on and xp.device.type == 'cpu':
-        ep = {} if epilogue is None else {
-            k: v for k, v in epilogue.kwargs().items()
-            if not k.startswith(('token_', 'dyn_'))}
-        return _C.conv_unit(xp, h, w, wp, wpop, channels, kh, kw, stride[0],
-                            stride[1], padding[0], padding[1], dilation[0],
-                            dilation[1], scale, bias, **ep)
-    n = xp.shape[0]
-    x = unpack_signs(xp, channels).reshape(n, h, w, channels).permute(
-        0, 3, 1, 2)
-    o = wp.shape[0]
-    wt = unpack_signs(wp, channels).reshape(o, kh, kw, channels).permute(
-        0, 3, 1, 2)
-    y = F.conv2d(x.double(), wt.double(), None, tuple(stride), tuple(padding),
-                 tuple(dilation)).float()
-    y = y * scale.float().view(1, -1, 1, 1)
-    if bias is not None:
-        y = y + bias.float().view(1, -1, 1, 1)
-    y = y.contiguous(memory_format=torch.channels_last)
-    if epilogue is not None:
-        rows = epilogue.apply(y.permute(0, 2, 3, 1).reshape(-1, o))
-        y = rows.reshape(n, y.shape[2], y.shape[3], o).permute(0, 3, 1, 2)
-    return y
-
-
-# --------------------------------------------------------------------------
-# attention core (native only: without the extension the attention runs its
-# own PyTorch path with binary_matmul / mask_matmul)
-# --------------------------------------------------------------------------
-def _need_native(what: str) -> None:
-    if not _native_on:
-        raise RuntimeError(f'{what} needs the C++ kernels (kernels_available() '
-                           'is False); the attention modules fall back to '
-                           'their PyTorch path without them')
-
-
-def window_attention(q: Sequence[Tensor], k: Sequence[Tensor], v: Tensor,
-                     heads: int, dqk: int, dv: int, h: int, w: int,
-                     extra: int, wh: int, ww: int, sh: int, sw: int,
-                     qk_scale: Sequence[float], scale: float,
-                     mix: Optional[Tensor], bias: Optional[Tensor],
-                     mask: Optional[Tensor], prob_mode: int, prob_a: float,
-                     prob_ratio: float, av_scale: float, v_mag: float,
-                     diba_scale: Optional[Tensor],
-                     diba_local_scale: Optional[Tensor]) -> Tensor:
-    """The binary (window) attention core on packed token maps.
-
-    ``q``, ``k``: per HFSC branch ``(B, N, Kw)`` packed signs of the
-    binarized queries / keys (``dqk`` channels per head, a multiple of 32),
-    ``v``: ``(B, N, Kw)`` value signs (``dv`` per head); windows
-    ``(wh, ww)`` with cyclic shift ``(sh, sw)`` on the ``h x w`` grid
-    (``wh = 0``: one global window, ``extra`` leading tokens), ``bias``
-    ``(heads, Nw, Nw)``, ``mask`` ``(windows, Nw, Nw)``. Returns the
-    attention output before ``proj``, ``(B, N, heads * dv)`` float32: see
-    ``csrc/attention.h`` and docs/method.md (section 3).
-    """
-    _need_native('window_attention')
-    return _C.window_attention(
-        list(q), list(k), v, heads, dqk, dv, h, w, extra, wh, ww, sh, sw,
-        [float(s) for s in qk_scale], float(scale), mix, bias, mask,
-        prob_mode, float(prob_a), float(prob_ratio), float(av_scale),
-        float(v_mag), diba_scale, diba_local_scale)
-
-
-def haar_split_tokens(x: Tensor, h: int, w: int, extra: int = 0,
-                      low: int = 0) -> List[Tensor]:
-    """HFSC band split of a token map ``(B, extra + h*w, C)``: ``[X_L,
-    X_H]`` with ``X_L`` the local 2x2 mean (``low=0``) or the Haar LL
-    (``low=1``), the float operations of
-    :func:`mmseg_didb.binary.haar_split`; extra tokens go to both."""
-    _need_native('haar_split_tokens')
-    return list(_C.haar_split_tokens(x, h, w, extra, low))

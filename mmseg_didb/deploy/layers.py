@@ -19,9 +19,8 @@ from torch import Tensor, nn
 
 from ..binary.quantizers import (ApproxSign, ASMSign, ElasticSign, RSign,
                                  SignSTE)
-from .kernels import (UnitEpilogue, binary_conv2d, binary_linear_unit,
-                      pack_bits, pack_conv_input, pack_conv_weight,
-                      _pack_rows)
+from .conv_kernels import binary_conv2d, pack_conv_input, pack_conv_weight
+from .kernels import UnitEpilogue, _pack_rows, binary_linear_unit, pack_bits
 
 __all__ = ['PackedBinaryLinear', 'PackedBinaryConv2d', 'InputBinarizer',
            'binarizer_on']

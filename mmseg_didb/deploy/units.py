@@ -20,9 +20,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..binary.layers import (BinaryConvUnit, BinaryLinearUnit,
-                             ChannelShortcut, ConvBypass, MergeShortcut,
-                             TokenNorm)
+from ..binary.layers import BinaryConvUnit, BinaryLinearUnit, TokenNorm
+from ..binary.shortcuts import ChannelShortcut, ConvBypass, MergeShortcut
 from ..binary.rprelu import ChannelPReLU, RPReLU, TokenRPReLU
 from .kernels import UnitEpilogue
 from .layers import PackedBinaryConv2d, PackedBinaryLinear

@@ -39,8 +39,9 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 from mmseg_didb.analysis import (build_segmentor,  # noqa: E402
                                  comparison_config, load_config)
 from mmseg_didb.analysis.benchmark import (  # noqa: E402
-    benchmark_isolated, benchmark_model, describe_device, format_breakdown,
-    format_results, results_dict)
+    benchmark_isolated, benchmark_model, describe_device, format_results,
+    results_dict)
+from mmseg_didb.analysis.stage_timer import format_breakdown  # noqa: E402
 from mmseg_didb.analysis.cli import (add_model_args,  # noqa: E402
                                      check_model_args)
 

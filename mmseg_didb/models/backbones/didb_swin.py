@@ -16,7 +16,8 @@ from mmengine.model.weight_init import trunc_normal_
 from timm.layers import PatchEmbed
 
 from mmseg.registry import MODELS
-from mmseg_didb.binary.layers import BinaryLinearUnit, MergeShortcut
+from mmseg_didb.binary.layers import BinaryLinearUnit
+from mmseg_didb.binary.shortcuts import MergeShortcut
 from mmseg_didb.binary.presets import BinaryPreset
 from ..layers import DIDBAttention, DIDBBlock, window_attention_mask
 from ..utils.swin_convert import convert_swin_state_dict
