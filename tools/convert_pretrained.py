@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import mmseg_didb  # noqa: E402,F401
+from mmseg_didb.compat import add_unsafe_load_argument  # noqa: E402
 from mmseg_didb.models.backbones.didb_swin import DIDBSwin  # noqa: E402
 from mmseg_didb.models.utils.checkpoint import (  # noqa: E402
     load_checkpoint_strict, read_checkpoint, resolve_checkpoint_path,
@@ -176,10 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument('--window-size', type=int, default=None,
                         help='target window (relative-position tables are '
                         'resized); default: the checkpoint window')
-    parser.add_argument(
-        '--unsafe-load', action='store_true',
-        help='load a checkpoint that weights-only unpickling refuses with a '
-        'full unpickle (trusted files only: it can run code; logged)')
+    add_unsafe_load_argument(parser)
     args = parser.parse_args(argv)
     checkpoint = read_checkpoint(resolve_checkpoint_path(
         args.src, 'Pass the path of a downloaded classification checkpoint.'),

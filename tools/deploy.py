@@ -33,6 +33,7 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
 from mmengine.config import DictAction  # noqa: E402
 
+from mmseg_didb.compat import add_unsafe_load_argument  # noqa: E402
 from mmseg_didb.analysis import (build_segmentor, fp_counterpart,  # noqa
                                  load_config)
 from mmseg_didb.analysis.export import (FORMAT, load_packed,  # noqa: E402
@@ -55,10 +56,7 @@ def parse_args(argv=None):
     parser.add_argument('--max-miou-diff', type=float, default=0.1)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
-    parser.add_argument(
-        '--unsafe-load', action='store_true',
-        help='load a checkpoint that weights-only unpickling refuses with a '
-        'full unpickle (trusted files only: it can run code; logged)')
+    add_unsafe_load_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
 import mmseg_didb  # noqa: E402,F401  registers the didb_* timm models
+from mmseg_didb.compat import add_unsafe_load_argument  # noqa: E402
 from mmseg_didb.binary import (GRSSchedule, grs_loss,  # noqa: E402
                                set_binarization)
 from mmseg_didb.models.losses import pixel_kd_loss  # noqa: E402
@@ -110,10 +111,7 @@ def parse_args(argv=None):
     parser.add_argument('--label-smoothing', type=float, default=0.0)
     parser.add_argument('--work-dir', required=True)
     parser.add_argument('--resume', default=None, help='checkpoint to resume')
-    parser.add_argument(
-        '--unsafe-load', action='store_true',
-        help='load checkpoints that weights-only unpickling refuses with a '
-        'full unpickle (trusted files only: it can run code; logged)')
+    add_unsafe_load_argument(parser, 'checkpoints')
     parser.add_argument('--device', default=None,
                         help='default: cuda if available, else cpu')
     parser.add_argument('--num-workers', type=int, default=2)

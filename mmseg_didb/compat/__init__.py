@@ -64,6 +64,7 @@ covered by ``tests/test_compat.py``:
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.machinery
 import importlib.metadata
@@ -320,6 +321,16 @@ def patch_package_lookup() -> bool:
 # 6. weights-only loading of every checkpoint mmengine reads
 # --------------------------------------------------------------------------
 UNSAFE_LOAD_ENV = 'MMSEG_DIDB_UNSAFE_LOAD'
+
+
+def add_unsafe_load_argument(parser: argparse.ArgumentParser,
+                             what: str = 'a checkpoint') -> None:
+    """``--unsafe-load``, every tool's explicit opt-in to a full unpickle of
+    ``what`` when weights-only loading refuses it."""
+    parser.add_argument(
+        '--unsafe-load', action='store_true',
+        help=f'load {what} that weights-only unpickling refuses with a full '
+        'unpickle (trusted files only: it can run code; logged)')
 
 
 def unsafe_load_opted_in() -> bool:

@@ -22,7 +22,7 @@ from typing import Iterator, List, Optional, Sequence
 
 from mmengine.logging import print_log
 
-from ..compat import UNSAFE_LOAD_ENV
+from ..compat import UNSAFE_LOAD_ENV, add_unsafe_load_argument
 
 __all__ = ['TOOLBOXES', 'tool_path', 'config_toolbox', 'run_openmmlab_tool',
            'plugin_parser', 'extra_custom_hooks']
@@ -76,11 +76,8 @@ def plugin_parser(description: str) -> argparse.ArgumentParser:
     """Parser of the plugin's options of a tool (``--unsafe-load``); the
     tool adds its own and passes what it does not know to mmseg."""
     parser = argparse.ArgumentParser(description=description, add_help=False)
-    parser.add_argument(
-        '--unsafe-load', action='store_true',
-        help='load checkpoints that weights-only unpickling refuses '
-        '(load_from, --resume, the tested checkpoint) with a full unpickle: '
-        'trusted files only, it can run code; logged')
+    add_unsafe_load_argument(
+        parser, 'checkpoints (load_from, --resume, the tested checkpoint)')
     return parser
 
 
