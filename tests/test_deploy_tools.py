@@ -5,59 +5,16 @@ import re
 
 import pytest
 
-from conftest import REPO_ROOT, TINY_CONFIG
-
-# the tiny mmseg config of conftest with the plugin's fully binary model
-BINARY_MODEL = '''
-model = dict(
-    type='BinaryEncoderDecoder',
-    data_preprocessor=dict(
-        type='SegDataPreProcessor',
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        bgr_to_rgb=True,
-        pad_val=0,
-        seg_pad_val=255,
-        size=crop_size),
-    backbone=dict(
-        type='DIDBSwin',
-        preset='didb',
-        embed_dims=16,
-        depths=(2, 1),
-        num_heads=(1, 2),
-        window_size=4,
-        out_indices=(0, 1),
-        pretrain_img_size=64,
-        drop_path_rate=0.),
-    decode_head=dict(
-        type='BinaryUPerHead',
-        preset='didb',
-        in_channels=[16, 32],
-        in_index=[0, 1],
-        pool_scales=(1, 2),
-        channels=16,
-        num_classes=8,
-        norm_cfg=dict(type='BN', requires_grad=True),
-        align_corners=False,
-        loss_decode=dict(
-            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
-    train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
-'''
+from conftest import write_binary_config
 
 
 @pytest.fixture(scope='module')
 def binary_run(tmp_path_factory, texture_data, run_tool):
-    """A tiny fully binary segmentor trained for 2 iterations."""
+    """The tiny fully binary demo segmentor of conftest, trained for 2
+    iterations."""
     root = tmp_path_factory.mktemp('binary_run')
-    text = TINY_CONFIG.format(
-        dataset_base=str(REPO_ROOT / 'configs' / '_base_' / 'datasets' /
-                         'texture_mosaic.py'),
-        data_root=str(texture_data))
-    start = text.index('model = dict(')
-    end = text.index('optim_wrapper = dict(')
-    config = root / 'tiny_binary.py'
-    config.write_text(text[:start] + BINARY_MODEL + text[end:])
+    config = write_binary_config(root / 'tiny_binary.py', texture_data,
+                                 iters=2, ckpt_interval=2)
     run_tool(['tools/train.py', config, '--work-dir', root / 'work'])
     return config, root / 'work' / 'iter_2.pth'
 
