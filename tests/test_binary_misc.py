@@ -290,7 +290,9 @@ def test_preset_unit_activation():
     didb = PRESETS['didb']
     act = didb.unit_activation(8, ref_grid=(2, 2), num_extra_tokens=1)
     assert isinstance(act, TokenRPReLU) and act.num_extra_tokens == 1
-    assert type(didb.unit_activation(8)) is RPReLU  # no token grid
+    # tokens without a grid: an error naming the fix, not a silent RPReLU
+    with pytest.raises(ValueError, match='ref_grid'):
+        didb.unit_activation(8)
     assert type(didb.unit_activation(8, (2, 2), channel_dim=1)) is RPReLU
     dyn = resolve_preset('didb', token_rprelu='dynamic').unit_activation(8)
     assert isinstance(dyn, TokenRPReLU) and dyn.mode == 'dynamic'

@@ -154,22 +154,25 @@ class BinaryPreset:
 
         'prelu' gives :class:`ChannelPReLU`; 'rprelu' gives :class:`RPReLU`,
         or :class:`TokenRPReLU` when ``token_rprelu`` is on and the caller
-        works on tokens (``channel_dim=-1``) with a reference grid (static
-        mode; dynamic mode needs no grid). Where no token grid exists (conv
-        maps, ``ref_grid=None`` in static mode) the per-token terms cannot
-        apply and plain RPReLU is used.
+        works on tokens (``channel_dim=-1``): static mode needs the
+        reference grid, dynamic mode none. Conv maps (``channel_dim=1``) have
+        no tokens and get plain RPReLU.
+
+        Raises:
+            ValueError: static Token RPReLU on tokens without ``ref_grid``.
         """
         if self.activation == 'prelu':
             return ChannelPReLU(num_channels, channel_dim)
         on_tokens = channel_dim in (-1, 2)
-        if self.token_rprelu == 'dynamic' and on_tokens:
-            return TokenRPReLU(num_channels, ref_grid, 'dynamic',
-                               num_extra_tokens)
-        has_grid = ref_grid is not None
-        if self.token_rprelu == 'static' and on_tokens and has_grid:
-            return TokenRPReLU(num_channels, ref_grid, 'static',
-                               num_extra_tokens)
-        return RPReLU(num_channels, channel_dim)
+        if self.token_rprelu == 'off' or not on_tokens:
+            return RPReLU(num_channels, channel_dim)
+        if self.token_rprelu == 'static' and ref_grid is None:
+            raise ValueError(
+                f'preset {self.name!r} uses static Token RPReLU: pass '
+                'ref_grid=(H, W), the token grid the model is pretrained at, '
+                "or set token_rprelu='dynamic' / False")
+        return TokenRPReLU(num_channels, ref_grid, self.token_rprelu,
+                           num_extra_tokens)
 
     def replace(self, **overrides: Any) -> 'BinaryPreset':
         """A copy with ``overrides`` applied (see :func:`resolve_preset`)."""

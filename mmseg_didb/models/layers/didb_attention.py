@@ -107,11 +107,6 @@ class DIDBAttention(nn.Module):
         if embed_dims % num_heads:
             raise ValueError(f'embed_dims={embed_dims} must be divisible by '
                              f'num_heads={num_heads}')
-        if preset.token_rprelu == 'static' and ref_grid is None:
-            raise ValueError(
-                f'preset {preset.name!r} uses static Token RPReLU: pass '
-                'ref_grid=(H, W), the token grid the model is pretrained at, '
-                "or set token_rprelu='dynamic' / False")
         self.preset = preset
         self.embed_dims = embed_dims
         self.num_heads = num_heads
