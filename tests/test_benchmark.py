@@ -9,25 +9,14 @@ import torch
 from mmseg_didb.analysis import build_segmentor
 from mmseg_didb.analysis.benchmark import (benchmark_isolated,
                                            benchmark_model, format_results)
+from conftest import tiny_segmentor
 
 torch.set_num_threads(1)
 
 
 def tiny_cfg(preset: str = 'didb') -> dict:
-    return dict(
-        default_scope='mmseg',
-        model=dict(
-            type='BinaryEncoderDecoder',
-            backbone=dict(type='DIDBSwin', preset=preset, embed_dims=16,
-                          depths=(1, 1), num_heads=(1, 2), window_size=4,
-                          out_indices=(0, 1), pretrain_img_size=32,
-                          drop_path_rate=0.),
-            decode_head=dict(type='BinaryFCNHead', preset=preset,
-                             in_channels=32, in_index=1, channels=16,
-                             num_convs=1, concat_input=False,
-                             dropout_ratio=0., num_classes=4,
-                             norm_cfg=dict(type='BN')),
-            test_cfg=dict(mode='whole')))
+    return dict(default_scope='mmseg', model=tiny_segmentor(
+        preset, head='fcn', embed_dims=16, test_cfg=dict(mode='whole')))
 
 
 def test_benchmark_model_runs_train_and_infer():

@@ -20,6 +20,7 @@ from mmseg_didb.binary.layers import BinaryConv2d, BinaryLinear
 from mmseg_didb.binary.presets import resolve_preset
 from mmseg_didb.binary.quantizers import ReActWeight, RSign
 from mmseg_didb.models.layers.didb_attention import DIDBAttention
+from conftest import tiny_segmentor
 
 torch.set_num_threads(1)
 
@@ -126,17 +127,8 @@ def test_binary_conv_bops():
 
 # --------------------------------------------------------------- segmentors
 def tiny_segmentor_cfg(preset: str) -> dict:
-    return dict(
-        type='BinaryEncoderDecoder',
-        backbone=dict(type='DIDBSwin', preset=preset, embed_dims=16,
-                      depths=(1, 1), num_heads=(1, 2), window_size=4,
-                      out_indices=(0, 1), pretrain_img_size=32,
-                      drop_path_rate=0.),
-        decode_head=dict(type='BinaryFCNHead', preset=preset,
-                         in_channels=32, in_index=1, channels=16, num_convs=1,
-                         concat_input=False, dropout_ratio=0., num_classes=4,
-                         norm_cfg=dict(type='BN')),
-        test_cfg=dict(mode='whole'))
+    return tiny_segmentor(preset, head='fcn', embed_dims=16,
+                          test_cfg=dict(mode='whole'))
 
 
 def build(cfg):

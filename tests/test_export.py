@@ -19,6 +19,7 @@ from mmseg_didb.binary.layers import BinaryConv2d, BinaryLinear
 from mmseg_didb.binary.quantizers import (ApproxSign, BWNWeight, ElasticSign,
                                           PWSWeight, ReActWeight, RSign,
                                           SignWeight)
+from conftest import tiny_segmentor
 
 torch.set_num_threads(1)
 
@@ -144,17 +145,8 @@ def test_wrong_model_and_bad_file(tmp_path):
 
 
 def tiny_swin_cfg() -> dict:
-    return dict(
-        type='BinaryEncoderDecoder',
-        backbone=dict(type='DIDBSwin', preset='didb', embed_dims=16,
-                      depths=(1, 1), num_heads=(1, 2), window_size=4,
-                      out_indices=(0, 1), pretrain_img_size=32,
-                      drop_path_rate=0.),
-        decode_head=dict(type='BinaryFCNHead', preset='didb',
-                         in_channels=32, in_index=1, channels=16, num_convs=1,
-                         concat_input=False, dropout_ratio=0., num_classes=4,
-                         norm_cfg=dict(type='BN')),
-        test_cfg=dict(mode='whole'))
+    return tiny_segmentor('didb', head='fcn', embed_dims=16,
+                          test_cfg=dict(mode='whole'))
 
 
 def test_tiny_didb_swin_reload_equal(tmp_path):
