@@ -148,3 +148,15 @@ def test_with_cp_gives_the_same_gradients(backbone):
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0,
                                    msg=name)
+
+
+def test_compact_saves_step_aside_under_torch_compile(monkeypatch):
+    """The compiled graph chooses its own saved tensors: no Python
+    saved-tensor hooks (they made dynamo recompile on every storage)."""
+    t = torch.ones(3, 4).requires_grad_()
+    level = torch.ones(())
+    hooks = compact.binary_operands([(t, level)])
+    assert isinstance(hooks, torch.autograd.graph.saved_tensors_hooks)
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    assert not isinstance(compact.binary_operands([(t, level)]),
+                          torch.autograd.graph.saved_tensors_hooks)

@@ -91,9 +91,13 @@ def binary_operands(
     ``(tensor, level)`` operands as sign bits (entries of ``tensor`` are
     ``+-level``, ``level`` a scalar or broadcastable per row).
 
-    A no-op when compact saves are off, no gradient is recorded or there is
-    no operand.
+    A no-op when compact saves are off, no gradient is recorded, there is
+    no operand, or under ``torch.compile`` (the compiled graph chooses its
+    own saved tensors; Python hooks that match storages would only make
+    dynamo recompile).
     """
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
     ops: List[Tuple[Tensor, Tensor]] = [
         (t, level.detach()) for t, level in operands]
     if not (ops and _ENABLED[0] and torch.is_grad_enabled()):

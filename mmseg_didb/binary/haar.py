@@ -17,6 +17,7 @@ for one sample), and ``x = (LL + LH + HL + HH) / 2`` exactly.
 """
 from typing import Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -37,6 +38,11 @@ def haar2d(x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     if x.dim() != 4:
         raise ValueError(f'haar2d expects (B, C, H, W), got shape '
                          f'{tuple(x.shape)}')
+    if torch.compiler.is_compiling():
+        # inductor's replication_pad2d_backward mispredicts the strides of a
+        # channels-last view (a token map seen as (B, C, H, W)); eager mode
+        # keeps the view and saves the copy
+        x = x.contiguous()
     xp = F.pad(x, (0, 1, 0, 1), mode='replicate')
     a, b = xp[..., :-1, :-1], xp[..., :-1, 1:]
     c, d = xp[..., 1:, :-1], xp[..., 1:, 1:]

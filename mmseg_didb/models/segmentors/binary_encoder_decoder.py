@@ -1,6 +1,8 @@
 """Encoder-decoder segmentor with the training-time extras of binary models."""
 from typing import Optional
 
+import torch
+
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.utils import (ConfigType, OptConfigType, OptMultiConfig,
@@ -66,6 +68,8 @@ class BinaryEncoderDecoder(BinaryModelMixin, EncoderDecoder):
             init_cfg=init_cfg)
         self.init_binary_extras(grs, binarize)
 
+    # a data-dependent Python check: torch.compile runs it eagerly
+    @torch.compiler.disable
     def check_labels(self, data_samples: Optional[SampleList]) -> None:
         """Refuse label maps with values that are neither a class index nor
         the ignore index: the loss would fail with an index error (or read
