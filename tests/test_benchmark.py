@@ -95,3 +95,33 @@ def test_ratios_of_the_first_model_to_each_other():
                             repeats=1, device='cpu', phases=('infer', ))
     text = format_results([res, other, other], 'cpu', (32, 32), 2)
     assert text.count('ratio a / b') == 2
+
+
+def test_benchmark_compile_wraps_the_training_loss(monkeypatch, tmp_path):
+    """``--compile``: a second row whose training step's ``model.loss`` goes
+    through torch.compile (a recording stand-in here: compiling takes
+    minutes), with the compiling warm-up steps reported."""
+    import pytest
+    compiled = []
+
+    def fake_compile(fn, **kwargs):
+        compiled.append(fn.__name__)
+        return fn
+
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    cfg_path = tmp_path / 'tiny.py'
+    cfg_path.write_text(
+        f'default_scope = "mmseg"\nmodel = {tiny_cfg()["model"]!r}\n')
+    from tools.analysis import benchmark as tool
+    out = tool.main([str(cfg_path), '--shape', '32', '--repeats', '1',
+                     '--warmup', '2', '--no-isolate', '--device', 'cpu',
+                     '--vs', 'none', '--compile', '--json', '-'])
+    assert compiled == ['loss']
+    names = list(out['results'])
+    assert len(names) == 2 and names[1].endswith('(torch.compile)')
+    assert len(out['results'][names[1]]['train']['warmup_s']) == 2
+    with pytest.raises(SystemExit):
+        tool.main([str(cfg_path), '--compile', '--warmup', '1'])
+    with pytest.raises(ValueError, match='warmup'):
+        benchmark_model(lambda: build_segmentor(tiny_cfg()), 'x',
+                        shape=(32, 32), warmup=1, compile=True)

@@ -36,6 +36,8 @@ model = dict(
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
+    # plain-dict parameter groups: compile=True can trace the optimizer
+    constructor='CompilableOptimWrapperConstructor',
     optimizer=dict(
         type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg={{_base_.binary_paramwise_cfg}},

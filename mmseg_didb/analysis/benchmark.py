@@ -83,9 +83,12 @@ class MemoryMeter:
 
 @dataclass
 class PhaseResult:
-    """Timings (seconds) and peak memory (bytes above baseline) of a phase."""
+    """Timings (seconds) and peak memory (bytes above baseline) of a phase;
+    ``warmup_times`` are the untimed first steps (with ``torch.compile``,
+    where the compilation happens)."""
     times: List[float] = field(default_factory=list)
     peak_bytes: Optional[int] = None
+    warmup_times: List[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -93,6 +96,7 @@ class PhaseResult:
 
     def to_dict(self) -> dict:
         return dict(median_s=self.median, times_s=self.times,
+                    warmup_s=self.warmup_times,
                     peak_mb=None if self.peak_bytes is None else
                     self.peak_bytes / 2**20)
 
@@ -144,7 +148,10 @@ def _run_phase(step: Callable[[], None], warmup: int, repeats: int,
     result = PhaseResult()
     meter.reset_peak()
     for _ in range(warmup):
+        t0 = time.perf_counter()
         step()
+        _sync(device)
+        result.warmup_times.append(time.perf_counter() - t0)
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
@@ -162,7 +169,8 @@ def benchmark_model(build: Callable[[], nn.Module], name: str,
                     warmup: int = 1, repeats: int = 3,
                     device: Optional[str] = None, lr: float = 1e-4,
                     phases: Tuple[str, ...] = ('train', 'infer'),
-                    packed: bool = False) -> BenchmarkResult:
+                    packed: bool = False,
+                    compile: bool = False) -> BenchmarkResult:
     """Time training steps and inference of the model returned by ``build``.
 
     Args:
@@ -180,9 +188,21 @@ def benchmark_model(build: Callable[[], nn.Module], name: str,
             (:func:`mmseg_didb.deploy.convert_to_packed`; a model without
             binary layers converts to itself), and record a per-stage
             breakdown (:class:`StageTimer`) of one more inference.
+        compile: run the training step's ``model.loss`` (its backward
+            compiled with it) through ``torch.compile`` (default inductor
+            backend), as mmengine's ``compile=True`` compiles the training
+            step only; the optimizer step stays eager, as with the binary
+            schedules' ``CompilableOptimWrapperConstructor``. Needs
+            ``warmup >= 2``: the first step compiles, the second recompiles
+            what depends on state set by the first (initialised binarizer
+            scales, filled caches).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError('repeats must be >= 1 and warmup >= 0')
+    if compile and warmup < 2:
+        raise ValueError('compile=True needs warmup >= 2 (compilation '
+                         'happens in the first two steps)')
+    wrap = torch.compile if compile else (lambda fn: fn)
     dev = torch.device(device or ('cuda' if torch.cuda.is_available()
                                   else 'cpu'))
     gc.collect()
@@ -201,8 +221,10 @@ def benchmark_model(build: Callable[[], nn.Module], name: str,
         optim = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=lr)
 
+        loss_fn = wrap(model.loss)
+
         def train_step() -> None:
-            losses = model.loss(inputs, samples)
+            losses = loss_fn(inputs, samples)
             loss, _ = model.parse_losses(losses)
             optim.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,3 +1,7 @@
 from .hooks import BinarizationSwitchHook, PackedInferenceHook
+from .optimizers import CompilableOptimWrapperConstructor
 
-__all__ = ['BinarizationSwitchHook', 'PackedInferenceHook']
+__all__ = [
+    'BinarizationSwitchHook', 'CompilableOptimWrapperConstructor',
+    'PackedInferenceHook'
+]

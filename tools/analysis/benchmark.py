@@ -8,6 +8,7 @@ Usage::
         [--threads N] [--json [PATH]]
     python tools/analysis/benchmark.py CONFIG --packed [--shape 512 512]
         [--threads-list 1 0] [--repeats N]
+    python tools/analysis/benchmark.py CONFIG --compile --warmup 2 [--vs none]
 
 ``--packed``: end-to-end inference of the bit-packed model
 (:func:`mmseg_didb.deploy.convert_to_packed`: XNOR-popcount kernels for every
@@ -24,7 +25,10 @@ memory above the pre-build baseline, and the ratio model / FP are printed. On CP
 model and phase runs in a fresh child process so that peak resident memory is
 not inflated by earlier work (``--no-isolate`` to disable). CUDA is
 used when available unless ``--device cpu``. The FP counterpart defaults to the
-same config with every ``preset`` set to ``'fp'``.
+same config with every ``preset`` set to ``'fp'``. ``--compile`` adds the
+model once more with its training step run through ``torch.compile`` (as
+mmengine's ``compile=True``; its ``--warmup`` steps, at least 2, compile,
+their times are in the JSON as ``warmup_s``; inference stays eager).
 """
 import argparse
 import json
@@ -73,6 +77,10 @@ def parse_args(argv=None):
         '--threads-list', type=int, nargs='+', default=[1, 0],
         help='thread counts of --packed (0 = all cores; default 1 0)')
     parser.add_argument(
+        '--compile', action='store_true',
+        help='add the model with its training step (loss and backward; the '
+        'optimizer step eager) run through torch.compile as a second row')
+    parser.add_argument(
         '--no-isolate', action='store_true',
         help='on CPU, run everything in this process (default: each model '
         'and phase in a fresh child process, for clean peak-RSS numbers)')
@@ -84,6 +92,12 @@ def parse_args(argv=None):
         args.batch_size = 1 if args.packed else 2
     if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error('--repeats and --batch-size must be >= 1, --warmup >= 0')
+    if args.compile and args.warmup < 2:
+        parser.error('--compile needs --warmup >= 2: the first two steps '
+                     'compile')
+    if args.compile and args.packed:
+        parser.error('--compile times the training model; it does not apply '
+                     'to --packed')
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda but no CUDA device is available')
     return args
@@ -96,14 +110,15 @@ def run_models(args, models, device, threads):
     common = dict(shape=shape, batch_size=args.batch_size,
                   warmup=args.warmup, repeats=args.repeats, device=device,
                   phases=tuple(args.phases), packed=args.packed)
-    for name, model_cfg in models:
+    for name, model_cfg, extra in models:
+        kwargs = dict(common, **extra)
         if device == 'cpu' and not args.no_isolate:
             results.append(benchmark_isolated(
-                model_cfg, name, threads=threads, **common))
+                model_cfg, name, threads=threads, **kwargs))
         else:
             torch.set_num_threads(threads)
             results.append(benchmark_model(
-                lambda c=model_cfg: build_segmentor(c), name, **common))
+                lambda c=model_cfg: build_segmentor(c), name, **kwargs))
     return results
 
 
@@ -114,14 +129,16 @@ def main(argv=None) -> dict:
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     cfg = load_config(args.config, args.cfg_options)
     name = osp.splitext(osp.basename(args.config))[0]
-    models = [(name + (' (packed)' if args.packed else ''), cfg)]
+    models = [(name + (' (packed)' if args.packed else ''), cfg, {})]
+    if args.compile:
+        models.append((name + ' (torch.compile)', cfg, dict(compile=True)))
     # --vs mmseg: the derived FP counterpart and mmseg's stock config
     for vs_name in (['auto', 'mmseg'] if args.vs == 'mmseg' else [args.vs]):
         vs = comparison_config(cfg, vs_name, args.cfg_options)
         if vs is not None:
             label = {'auto': 'fp (preset=fp)', 'mmseg': 'mmseg stock FP'}.get(
                 vs_name, osp.splitext(osp.basename(vs_name))[0])
-            models.append((label, vs))
+            models.append((label, vs, {}))
     shape = tuple(args.shape)
     thread_counts = ([t or (os.cpu_count() or 1) for t in args.threads_list]
                      if args.packed else [torch.get_num_threads()])

@@ -8,6 +8,8 @@ _base_ = [
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
+    # plain-dict parameter groups: compile=True can trace the optimizer
+    constructor='CompilableOptimWrapperConstructor',
     optimizer=dict(
         type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.01),
     paramwise_cfg={{_base_.binary_paramwise_cfg}})

@@ -94,11 +94,11 @@ class RunningMagnitude(nn.Module):
             dist.all_reduce(cur)
             cur /= dist.get_world_size()
         cur = cur.clamp_min(_EPS)
-        if not bool(self.initialized):
-            self.magnitude.copy_(cur)
-            self.initialized.fill_(1)
-        else:
-            self.magnitude.lerp_(cur, self.momentum)
+        # m = cur on the first batch, the EMA afterwards; selected by a
+        # tensor, not a Python branch, so torch.compile needs no graph break
+        ema = torch.lerp(self.magnitude, cur, self.momentum)
+        self.magnitude.copy_(torch.where(self.initialized.bool(), ema, cur))
+        self.initialized.fill_(1)
 
     def divisor(self, x: Tensor) -> Tensor:
         """``m`` shaped to broadcast against ``x`` (in ``x``'s dtype)."""
@@ -116,8 +116,11 @@ class RunningMagnitude(nn.Module):
         # an activation-checkpointing recompute (inside the backward pass)
         # repeats the step's forward: it must see the step's m, not update
         # it a second time
-        recompute = torch._C._current_graph_task_id() != -1
-        if (self.training and not recompute) or not bool(self.initialized):
+        recompute = (not torch.compiler.is_compiling()
+                     and torch._C._current_graph_task_id() != -1)
+        if self.training and not recompute:
+            self._update(x)
+        elif not bool(self.initialized):  # evaluated before any training
             self._update(x)
         return x / self.divisor(x)
 
