@@ -26,11 +26,15 @@ _OLD_NAMES = (
 )
 
 
-def _first_release(sd):
+def _first_release(sd, vit_stem=False):
+    """``sd`` under first-release names; that ViT's stem was mmseg's
+    ``patch_embed.projection``."""
     out = {}
     for k, v in sd.items():
         for pattern, repl in _OLD_NAMES:
             k = re.sub(pattern, repl, k)
+        if vit_stem:
+            k = re.sub(r'^patch_embed\.proj\.', 'patch_embed.projection.', k)
         out[k] = v
     return out
 
@@ -59,7 +63,7 @@ def test_prob_level_starts_at_one_over_keys():
 
 def test_similarity_is_scaled_mixed_sum_of_branch_products():
     torch.manual_seed(0)
-    attn = DIDBAttention(8, 2, 'didb', ref_grid=(2, 3))
+    attn = DIDBAttention(8, 2, PRESETS['didb'], grid=(2, 3))
     sim = attn.similarity
     assert isinstance(sim, HFSCSimilarity)
     with torch.no_grad():
@@ -92,31 +96,32 @@ def test_aggregation_is_ab_v_plus_shortcut_term():
 
 
 def test_first_release_attention_checkpoint_loads_unchanged():
-    ref = DIDBAttention(16, 2, 'didb', ref_grid=(4, 4)).eval()
+    ref = DIDBAttention(16, 2, PRESETS['didb'], grid=(4, 4)).eval()
     _randomise(ref, 0)
     old = _first_release(ref.state_dict())
     assert 'hfsc_mix' in old and 'q_low.linear.weight' in old
     assert 'diba_local_scale' in old and 'k_high_quant.bias' in old
     assert {legacy_attention_key(k) for k in old} == set(ref.state_dict())
-    model = DIDBAttention(16, 2, 'didb', ref_grid=(4, 4)).eval()
+    model = DIDBAttention(16, 2, PRESETS['didb'], grid=(4, 4)).eval()
     model.load_state_dict(old, strict=True)
     x = torch.randn(2, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(model(x, (4, 4)), ref(x, (4, 4)))
 
 
-@pytest.mark.parametrize('build', [
-    lambda: DIDBSwin(preset='didb', embed_dims=16, depths=(1, 1),
-                     num_heads=(1, 2), window_size=4, pretrain_img_size=32,
-                     out_indices=(0, 1)),
-    lambda: DIDBViT(preset='didb', embed_dims=16, num_layers=1, num_heads=2,
-                    img_size=32, patch_size=8),
+@pytest.mark.parametrize('build,vit_stem', [
+    (lambda: DIDBSwin(preset='didb', embed_dims=16, depths=(1, 1),
+                      num_heads=(1, 2), window_size=4, pretrain_img_size=32,
+                      out_indices=(0, 1)), False),
+    (lambda: DIDBViT(preset='didb', embed_dims=16, num_layers=1, num_heads=2,
+                     img_size=32, patch_size=8), True),
 ], ids=['swin', 'vit'])
-def test_first_release_backbone_checkpoint_loads_strictly(build):
+def test_first_release_backbone_checkpoint_loads_strictly(build, vit_stem):
     ref = build().eval()
     _randomise(ref, 1)
     model = build().eval()
-    load_checkpoint_strict(model, {'state_dict': _first_release(
-        ref.state_dict())})
+    old = _first_release(ref.state_dict(), vit_stem)
+    assert ('patch_embed.projection.weight' in old) == vit_stem
+    load_checkpoint_strict(model, {'state_dict': old})
     for k, v in ref.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k

@@ -45,3 +45,28 @@ def test_fresh_init_is_timm_init_for_both():
                 assert abs(p.mean()) < 0.01, name
             if name.endswith('linear.bias'):
                 assert torch.all(p == 0), name
+
+
+@pytest.mark.parametrize('cls,kw', [(DIDBSwin, SWIN), (DIDBViT, VIT)])
+def test_one_stem_for_both_backbones(cls, kw):
+    """Both stems are timm's PatchEmbed (``patch_embed.proj``), zero-padding
+    inputs that are not a patch multiple at the bottom/right."""
+    from timm.layers import PatchEmbed
+    torch.manual_seed(0)
+    m = cls(**kw, out_indices=(0, ), preset='fp').eval()
+    assert isinstance(m.patch_embed, PatchEmbed)
+    assert 'patch_embed.proj.weight' in m.state_dict()
+    p = m.patch_embed.patch_size[0]
+    x = torch.randn(1, 3, 29, 35)
+    hw = (-(-29 // p), -(-35 // p))
+    padded = torch.nn.functional.pad(x, (0, hw[1] * p - 35, 0, hw[0] * p - 29))
+    with torch.no_grad():
+        tokens, got_hw = m._embed_patches(x)
+        ref, ref_hw = m._embed_patches(padded)
+    assert got_hw == ref_hw == hw
+    torch.testing.assert_close(tokens, ref)
+
+
+def test_vit_stem_refuses_other_padding():
+    with pytest.raises(ValueError, match='corner'):
+        DIDBViT(**VIT, patch_pad='same')

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmseg_didb.binary import (BinaryConv2d, BinaryConvUnit, BinaryLinear,
+from mmseg_didb.binary import (BinaryConv2d, BinaryConvUnit, BinaryLinear, TokenGrid,
                                BinaryLinearUnit, BWNWeight, ChannelPReLU,
                                ChannelShortcut, ElasticSign, PWSWeight,
                                ReActWeight, RPReLU, RSign, SignWeight,
@@ -213,7 +213,7 @@ def test_binary_unit_composition_and_fp_switch():
 
 
 def test_unit_token_rprelu_and_options():
-    unit = BinaryLinearUnit(8, 8, 'didb', ref_grid=(2, 3), num_extra_tokens=1)
+    unit = BinaryLinearUnit(8, 8, 'didb', grid=TokenGrid((2, 3), 1))
     assert isinstance(unit.act, TokenRPReLU)
     x = torch.randn(2, 1 + 4 * 5, 8)
     assert unit(x, hw=(4, 5)).shape == x.shape
@@ -296,7 +296,7 @@ def test_conv_module_builds_binary_conv_from_registry():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_units_on_cuda_with_autocast():
     torch.manual_seed(0)
-    unit = BinaryLinearUnit(16, 32, 'didb', ref_grid=(4, 4)).cuda()
+    unit = BinaryLinearUnit(16, 32, 'didb', grid=(4, 4)).cuda()
     conv = BinaryConvUnit(16, 16, 3, 'bit', padding=1).cuda()
     x = torch.randn(2, 16, 16, device='cuda', requires_grad=True)
     xm = torch.randn(2, 16, 8, 8, device='cuda', requires_grad=True)
@@ -306,7 +306,7 @@ def test_units_on_cuda_with_autocast():
     assert torch.isfinite(y).all() and torch.isfinite(z).all()
     (y.float().sum() + z.float().sum()).backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(xm.grad).all()
-    unit_cpu = BinaryLinearUnit(16, 32, 'didb', ref_grid=(4, 4))
+    unit_cpu = BinaryLinearUnit(16, 32, 'didb', grid=(4, 4))
     unit_cpu.load_state_dict(unit.state_dict())
     torch.testing.assert_close(unit(x, hw=(4, 4)).cpu(),
                                unit_cpu(x.detach().cpu(), hw=(4, 4)),

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmseg_didb.binary import (PRESETS, ASMSign, BinaryLinear,
+from mmseg_didb.binary import (PRESETS, ASMSign, BinaryLinear, TokenGrid,
                                BinaryLinearUnit, BinaryPreset, BWNWeight,
                                ChannelPReLU, ElasticSign, ElasticUnsigned,
                                GRSSchedule, ReActWeight, RPReLU, RSign, SAB,
@@ -57,7 +57,7 @@ def test_token_rprelu_zero_init_equals_rprelu():
         for p in ref.parameters():
             p.uniform_(-0.5, 0.5)
     for mode in ('static', 'dynamic'):
-        tok = TokenRPReLU(6, (3, 4), mode=mode, num_extra_tokens=1)
+        tok = TokenRPReLU(6, TokenGrid((3, 4), 1), mode=mode)
         _copy_channel_params(tok, ref)
         x = torch.randn(2, 1 + 12, 6)
         torch.testing.assert_close(tok(x), ref(x))
@@ -66,7 +66,7 @@ def test_token_rprelu_zero_init_equals_rprelu():
 
 
 def test_token_rprelu_resize_constant_map_and_formula():
-    tok = TokenRPReLU(4, (3, 4), num_extra_tokens=1)
+    tok = TokenRPReLU(4, TokenGrid((3, 4), 1))
     with torch.no_grad():
         tok.token_gamma[:, 1:].fill_(0.3)
         tok.token_gamma[:, 0].fill_(-2.0)  # CLS, not resized
@@ -87,7 +87,7 @@ def test_token_rprelu_resize_constant_map_and_formula():
 def test_token_map_resize_is_position_embedding_interpolation():
     grid = torch.randn(1, 2, 3, 5)
     tokens = torch.cat([torch.randn(1, 1, 5), grid.reshape(1, 6, 5)], 1)
-    out = resize_token_map(tokens, (2, 3), (4, 7), num_extra_tokens=1)
+    out = resize_token_map(tokens, TokenGrid((2, 3), 1), (4, 7))
     expected = F.interpolate(grid.permute(0, 3, 1, 2), size=(4, 7),
                              mode='bilinear', align_corners=False)
     torch.testing.assert_close(
@@ -116,8 +116,12 @@ def test_token_rprelu_dynamic_formula_and_gradcheck():
 
 
 def test_token_rprelu_errors():
-    with pytest.raises(ValueError, match='ref_grid'):
+    with pytest.raises(ValueError, match='grid='):
         TokenRPReLU(4)
+    with pytest.raises(ValueError, match='TokenGrid needs'):
+        TokenGrid((0, 2))
+    with pytest.raises(ValueError, match='TokenGrid needs'):
+        TokenGrid((2, 2), -1)
     with pytest.raises(ValueError, match='dynamic'):
         TokenRPReLU(4, (2, 2), mode='learned')
     tok = TokenRPReLU(4, (2, 2))
@@ -224,7 +228,7 @@ def test_binarization_context_restores_previous_states():
 
 def test_all_off_unit_is_fp_unit():
     torch.manual_seed(0)
-    unit = BinaryLinearUnit(4, 8, 'didb', ref_grid=(2, 2))
+    unit = BinaryLinearUnit(4, 8, 'didb', grid=(2, 2))
     x = torch.randn(2, 4, 4)
     with binarization(unit, weights=False, activations=False):
         y = unit(x, (2, 2))
@@ -288,10 +292,10 @@ def test_preset_builds_documented_quantizers(name, wq, aq, attn):
 
 def test_preset_unit_activation():
     didb = PRESETS['didb']
-    act = didb.unit_activation(8, ref_grid=(2, 2), num_extra_tokens=1)
-    assert isinstance(act, TokenRPReLU) and act.num_extra_tokens == 1
+    act = didb.unit_activation(8, grid=TokenGrid((2, 2), 1))
+    assert isinstance(act, TokenRPReLU) and act.grid.num_extra == 1
     # tokens without a grid: an error naming the fix, not a silent RPReLU
-    with pytest.raises(ValueError, match='ref_grid'):
+    with pytest.raises(ValueError, match='grid=TokenGrid'):
         didb.unit_activation(8)
     assert type(didb.unit_activation(8, (2, 2), channel_dim=1)) is RPReLU
     dyn = resolve_preset('didb', token_rprelu='dynamic').unit_activation(8)

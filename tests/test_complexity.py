@@ -38,7 +38,7 @@ class Toy(nn.Module):
         self.fc_bin = BinaryLinear(C, C, weight_quantizer=ReActWeight(),
                                    input_quantizer=RSign(C))
         preset = resolve_preset('didb', hfsc=hfsc, token_rprelu=False)
-        self.attn = DIDBAttention(C, HEADS, preset=preset, ref_grid=(H, W))
+        self.attn = DIDBAttention(C, HEADS, preset=preset, grid=(H, W))
         self.fc_fp = nn.Linear(C, 4)
 
     def forward(self, x):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from mmseg_didb.binary import (BinaryConvUnit, BinaryLinearUnit,
-                               ChannelShortcut, TokenRPReLU, haar_split,
-                               resolve_preset)
+from mmseg_didb.binary import (PRESETS, BinaryConvUnit, BinaryLinearUnit,
+                               ChannelShortcut, TokenGrid, TokenRPReLU,
+                               haar_split, resolve_preset)
 from mmseg_didb.deploy import (PackedAttention, PackedAttentionMatmuls,
                                PackedBinaryConvUnit, PackedBinaryLinearUnit,
                                UnitEpilogue, binary_linear_unit,
@@ -79,6 +79,24 @@ def test_linear_unit_epilogue_matches_pytorch(name, res_c, act):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not kernels_available(), reason='needs the C++ kernels')
+def test_native_epilogue_rejects_unknown_and_token_entries():
+    """The kernels take the epilogue as named tensors: a name they do not
+    know, or token terms on a convolution, is an error, not ignored."""
+    from mmseg_didb.deploy.kernels import _C
+    x, w = torch.randn(4, 64), pack_signs(torch.randn(8, 64))
+    scale = torch.ones(8)
+    with pytest.raises(RuntimeError, match="unknown epilogue entry 'lnw'"):
+        _C.linear_unit(x, 64, weight=w, scale=scale,
+                       epilogue=dict(lnw=torch.ones(8)))
+    xp = torch.zeros(1, 4, 1, dtype=torch.long)
+    wp = torch.zeros(8, 1, 1, dtype=torch.long)
+    with pytest.raises(RuntimeError, match='no token terms'):
+        _C.conv_unit(xp, 2, 2, wp, torch.zeros(8, 1), 64, 1, 1, 1, 1, 0, 0,
+                     1, 1, scale, epilogue=dict(slope=torch.ones(8),
+                                                dyn_gamma=torch.ones(8)))
+
+
 def unit_cases():
     for preset in ('bnn', 'react', 'bit', 'binaryvit', 'didb'):
         yield preset, 'ln', None
@@ -93,7 +111,7 @@ def unit_cases():
 def test_packed_linear_unit_equals_the_unit(name, widths, preset, norm,
                                             token):
     p = resolve_preset(preset, norm=norm, token_rprelu=token)
-    unit = BinaryLinearUnit(*widths, p, ref_grid=(4, 5), num_extra_tokens=1)
+    unit = BinaryLinearUnit(*widths, p, grid=TokenGrid((4, 5), 1))
     x = torch.randn(2, 1 + 6 * 7, widths[0]) * 2
     trained_looking(unit)
     unit.train()
@@ -109,8 +127,8 @@ def test_packed_linear_unit_equals_the_unit(name, widths, preset, norm,
 
 @pytest.mark.parametrize('name', VARIANTS)
 def test_packed_patch_merging_equals_the_module(name):
-    merge = trained_looking(BinaryPatchMerging(24, 48, 'didb',
-                                               ref_grid=(3, 4)))
+    merge = trained_looking(BinaryPatchMerging(24, 48, PRESETS['didb'],
+                                               grid=(3, 4)))
     x = torch.randn(2, 7 * 9, 24)
     with variant(name):
         packed = convert_to_packed(merge)
@@ -169,8 +187,8 @@ def test_haar_split_tokens_equals_haar_split(low):
 
 
 def window_attention(preset, embed_dims=64, heads=2, window=4):
-    attn = DIDBWindowAttention(embed_dims, heads, preset, window_size=window,
-                               ref_grid=(8, 8), attn_tokens=window * window)
+    attn = DIDBWindowAttention(embed_dims, heads, resolve_preset(preset), window_size=window,
+                               grid=(8, 8), attn_tokens=window * window)
     return trained_looking(attn)
 
 
@@ -227,8 +245,8 @@ def test_fused_window_attention_core_equals_the_attention(name, case):
 def test_fused_global_attention_with_cls_token(name, preset):
     """ViT: one global window over the CLS token and the grid (no local
     DIBA term for the CLS token)."""
-    attn = trained_looking(DIDBAttention(64, 2, preset, ref_grid=(4, 5),
-                                         num_extra_tokens=1))
+    attn = trained_looking(DIDBAttention(64, 2, PRESETS[preset],
+                                         grid=TokenGrid((4, 5), 1)))
     torch.manual_seed(2)
     x = torch.randn(2, 1 + 6 * 7, 64)
     prime(attn, x, (6, 7))
@@ -269,7 +287,7 @@ def test_fused_core_falls_back_without_the_kernels():
 
 
 def test_token_maps_are_resized_once_per_grid():
-    unit = trained_looking(BinaryLinearUnit(32, 32, 'didb', ref_grid=(4, 4)))
+    unit = trained_looking(BinaryLinearUnit(32, 32, 'didb', grid=(4, 4)))
     packed = PackedBinaryLinearUnit.from_unit(unit.eval())
     assert isinstance(packed.act, TokenRPReLU)
     with torch.no_grad():

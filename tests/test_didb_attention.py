@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import mmseg_didb  # noqa: F401
 from mmseg_didb.binary.haar import haar_split
 from mmseg_didb.binary.presets import PRESETS
-from mmseg_didb.binary.rprelu import TokenRPReLU
+from mmseg_didb.binary.rprelu import TokenGrid, TokenRPReLU
 from mmseg_didb.models.layers import (BinaryMlp, DIDBAttention, DIDBBlock,
                                       from_windows, to_windows,
                                       window_attention_mask)
@@ -31,7 +31,7 @@ def test_fp_global_equals_timm_vit_attention():
     from timm.models.vision_transformer import Attention
     torch.manual_seed(0)
     ref = Attention(32, num_heads=4, qkv_bias=True).eval()
-    attn = DIDBAttention(32, 4, 'fp', num_extra_tokens=1).eval()
+    attn = DIDBAttention(32, 4, PRESETS['fp'], grid=TokenGrid((5, 6), 1)).eval()
     _copy_fused_qkv(attn, ref.qkv, ref.proj)
     x = torch.randn(2, 1 + 5 * 6, 32)
     torch.testing.assert_close(attn(x, (5, 6)), ref(x), atol=1e-5, rtol=1e-5)
@@ -42,7 +42,7 @@ def test_fp_shifted_windows_equal_timm_window_attention():
     torch.manual_seed(0)
     blk = SwinTransformerBlock(16, (8, 12), num_heads=2, window_size=4,
                                shift_size=2).eval()
-    attn = DIDBAttention(16, 2, 'fp').eval()
+    attn = DIDBAttention(16, 2, PRESETS['fp']).eval()
     _copy_fused_qkv(attn, blk.attn.qkv, blk.attn.proj)
     x = torch.randn(2, 8, 12, 16)
     ref = blk._attn(x).reshape(2, 96, 16)
@@ -77,7 +77,7 @@ def test_padded_window_equals_global_attention(preset):
     binarizers are discontinuous, float32 summation-order noise can flip a
     rounding in the {0, a} binarizer.)"""
     torch.manual_seed(0)
-    attn = DIDBAttention(16, 2, preset, ref_grid=(3, 5)).double().eval()
+    attn = DIDBAttention(16, 2, PRESETS[preset], grid=(3, 5)).double().eval()
     x = torch.randn(2, 15, 16, dtype=torch.float64)
     with torch.no_grad():
         glob = attn(x, (3, 5))
@@ -88,7 +88,7 @@ def test_padded_window_equals_global_attention(preset):
 def test_diba_constant_values_keep_only_scaled_shortcut():
     """With identical v_j, sum_j Ab_ij (v_j - v_i) = 0: out_i = l_s * v_i."""
     torch.manual_seed(0)
-    attn = DIDBAttention(8, 2, 'didb', ref_grid=(4, 4)).eval()
+    attn = DIDBAttention(8, 2, PRESETS['didb'], grid=(4, 4)).eval()
     with torch.no_grad():
         attn.aggregation.shortcut_scale.uniform_(0.5, 2.0)
     qs = [torch.randn(3, 16, 8).sign()] * 2
@@ -98,12 +98,12 @@ def test_diba_constant_values_keep_only_scaled_shortcut():
     torch.testing.assert_close(out, (attn.aggregation.shortcut_scale * v))
     # without the shortcut term the output is Ab V, which is not l_s v
     plain = DIDBAttention(8, 2, PRESETS['didb'].replace(diba_shortcut=False),
-                          ref_grid=(4, 4)).eval()
+                          grid=(4, 4)).eval()
     assert (plain.attend(qs, ks, v) - v).abs().max() > 1e-2
 
 
 def test_diba_local_term_is_sum_of_neighbour_differences():
-    attn = DIDBAttention(4, 1, 'didb', ref_grid=(3, 4), num_extra_tokens=1)
+    attn = DIDBAttention(4, 1, PRESETS['didb'], grid=TokenGrid((3, 4), 1))
     v = torch.randn(2, 1 + 12, 4)
     with torch.no_grad():
         attn.aggregation.local_scale.uniform_(0.5, 2.0)
@@ -121,7 +121,7 @@ def test_diba_local_term_is_sum_of_neighbour_differences():
 
 
 def test_hfsc_split_low_is_local_mean_and_high_the_rest():
-    attn = DIDBAttention(4, 1, 'didb', ref_grid=(4, 6), num_extra_tokens=1)
+    attn = DIDBAttention(4, 1, PRESETS['didb'], grid=TokenGrid((4, 6), 1))
     x = torch.randn(2, 1 + 24, 4)
     low, high = attn.similarity.band_split(x, (4, 6))
     grid = x[:, 1:].transpose(1, 2).reshape(2, 4, 4, 6)
@@ -135,17 +135,17 @@ def test_hfsc_split_low_is_local_mean_and_high_the_rest():
     # content; the earlier 'll' reconstruction, reachable from the preset,
     # takes LL = twice the local mean, so its residual is -x
     const = torch.ones(1, 24, 4)
-    plain = DIDBAttention(4, 1, 'didb', ref_grid=(4, 6))
+    plain = DIDBAttention(4, 1, PRESETS['didb'], grid=(4, 6))
     assert plain.similarity.band_split(const, (4, 6))[1].abs().max() < 1e-6
     ll = DIDBAttention(4, 1, PRESETS['didb'].replace(hfsc_low='ll'),
-                       ref_grid=(4, 6))
+                       grid=(4, 6))
     torch.testing.assert_close(ll.similarity.band_split(const, (4, 6))[1],
                                -const)
 
 
 def test_attention_dropout_keeps_binary_probabilities():
     torch.manual_seed(0)
-    attn = DIDBAttention(8, 2, 'react', attn_drop=0.5)
+    attn = DIDBAttention(8, 2, PRESETS['react'], attn_drop=0.5)
     attn.train()
     seen = []
     attn.attn_quant.register_forward_hook(
@@ -159,7 +159,7 @@ def test_attention_dropout_keeps_binary_probabilities():
 
 def test_attention_scale_stays_positive_under_any_gradient():
     torch.manual_seed(0)
-    attn = DIDBAttention(8, 2, 'react', attn_tokens=16)
+    attn = DIDBAttention(8, 2, PRESETS['react'], attn_tokens=16)
     opt = torch.optim.AdamW([attn.attn_quant.log_alpha], lr=0.1)
     for _ in range(100):
         opt.zero_grad()
@@ -174,7 +174,7 @@ def test_attention_scale_stays_positive_under_any_gradient():
 
 
 def test_submodule_names_follow_the_contract():
-    didb = DIDBAttention(16, 2, 'didb', ref_grid=(4, 4))
+    didb = DIDBAttention(16, 2, PRESETS['didb'], grid=(4, 4))
     sim, agg = didb.similarity, didb.aggregation
     for name in ('q_low', 'k_low', 'q_high', 'k_high'):
         assert hasattr(sim, name)
@@ -197,29 +197,32 @@ def test_submodule_names_follow_the_contract():
     assert not list(plain.aggregation.parameters())
     assert not isinstance(plain.proj.act, TokenRPReLU)
     split = DIDBAttention(16, 2, PRESETS['didb'].replace(hfsc='split'),
-                          ref_grid=(4, 4))
+                          grid=(4, 4))
     assert split.similarity.q_low.linear.weight.shape == (8, 16)
 
 
 def test_bad_inputs_raise():
-    attn = DIDBAttention(16, 2, 'didb', ref_grid=(4, 4), num_extra_tokens=1)
+    attn = DIDBAttention(16, 2, PRESETS['didb'], grid=TokenGrid((4, 4), 1))
     with pytest.raises(ValueError, match='tokens'):
         attn(torch.randn(1, 16, 16), (4, 4))
     with pytest.raises(ValueError, match='extra tokens'):
         attn(torch.randn(1, 17, 16), (4, 4), window_size=2)
-    with pytest.raises(ValueError, match='ref_grid'):
-        DIDBAttention(16, 2, 'didb')
+    with pytest.raises(ValueError, match='grid=TokenGrid'):
+        DIDBAttention(16, 2, PRESETS['didb'])
     with pytest.raises(ValueError, match='divisible'):
-        DIDBAttention(15, 2, 'fp')
-    with pytest.raises(ValueError, match='valid presets'):
-        DIDBAttention(16, 2, 'nope')
+        DIDBAttention(15, 2, PRESETS['fp'])
+    # inner layers take the model's resolved preset, not a name
+    with pytest.raises(TypeError, match='resolve_preset'):
+        DIDBAttention(16, 2, 'didb', grid=(4, 4))
+    with pytest.raises(TypeError, match='resolve_preset'):
+        DIDBBlock(16, 2, preset=dict(name='didb'), grid=(4, 4))
 
 
 @pytest.mark.parametrize('preset', ALL_PRESETS)
 def test_block_gradients_reach_every_parameter(preset):
     torch.manual_seed(0)
-    blk = DIDBBlock(16, 2, mlp_ratio=2, preset=preset, ref_grid=(4, 4),
-                    num_extra_tokens=1)
+    blk = DIDBBlock(16, 2, mlp_ratio=2, preset=PRESETS[preset],
+                    grid=TokenGrid((4, 4), 1))
     x = torch.randn(2, 17, 16)
     (blk(x, (4, 4)) * torch.randn(2, 17, 16)).sum().backward()
     dead = [n for n, p in blk.named_parameters()
@@ -229,7 +232,7 @@ def test_block_gradients_reach_every_parameter(preset):
 
 def test_block_checkpointing_gives_same_gradients():
     torch.manual_seed(0)
-    blk = DIDBBlock(16, 2, preset='didb', ref_grid=(4, 4))
+    blk = DIDBBlock(16, 2, preset=PRESETS['didb'], grid=(4, 4))
     x = torch.randn(2, 16, 16, requires_grad=True)
     blk(x, (4, 4)).sum().backward()
     ref = [p.grad.clone() for p in blk.parameters()]
@@ -244,13 +247,13 @@ def test_binary_mlp_fp_is_timm_mlp():
     from timm.layers import Mlp
     torch.manual_seed(0)
     ref = Mlp(8, 32)
-    mlp = BinaryMlp(8, 32, 'fp')
+    mlp = BinaryMlp(8, 32, PRESETS['fp'])
     with torch.no_grad():
         for a, b in (('fc1', 'fc1'), ('fc2', 'fc2')):
             getattr(mlp, a).linear.weight.copy_(getattr(ref, b).weight)
             getattr(mlp, a).linear.bias.copy_(getattr(ref, b).bias)
     x = torch.randn(2, 5, 8)
     torch.testing.assert_close(mlp(x), ref(x))
-    binary = BinaryMlp(8, 32, 'react')
+    binary = BinaryMlp(8, 32, PRESETS['react'])
     assert binary.fc1.shortcut.mode == 'repeat'
     assert binary.fc2.shortcut.mode == 'average'

@@ -13,7 +13,7 @@ from mmseg.structures import SegDataSample
 import mmseg_didb  # noqa: F401
 from mmengine.registry import init_default_scope
 from mmseg_didb.binary.presets import PRESETS, resolve_preset
-from mmseg_didb.binary.rprelu import TokenRPReLU
+from mmseg_didb.binary.rprelu import TokenGrid, TokenRPReLU
 from mmseg_didb.models.backbones.didb_vit import DIDBViT
 from mmseg_didb.models.utils.checkpoint import CheckpointMismatchError
 
@@ -60,7 +60,7 @@ def test_registered_arch_and_preset_table():
     assert hasattr(m.layers[0].attn.similarity, 'q_low')
     assert hasattr(m.layers[0].attn.similarity, 'k_high')
     assert isinstance(m.layers[0].mlp.fc1.act, TokenRPReLU)
-    assert m.layers[0].mlp.fc1.act.ref_grid == (14, 14)
+    assert m.layers[0].mlp.fc1.act.grid == TokenGrid((14, 14), 1)
     with pytest.raises(ValueError, match='arch'):
         DIDBViT(arch='deit-huge')
     with pytest.raises(ValueError):
@@ -177,7 +177,7 @@ def test_fp_equals_timm_deit_small(tmp_path):
     tokens = fmap.flatten(2).transpose(1, 2)
     assert torch.allclose(tokens, expected[:, 1:], atol=1e-4)
     assert torch.allclose(cls, expected[:, 0], atol=1e-4)
-    assert torch.equal(model.patch_embed.projection.bias,
+    assert torch.equal(model.patch_embed.proj.bias,
                        ref.patch_embed.proj.bias)
 
     # 512x512: pos_embed resized at load like mmseg (bicubic, no antialias);
@@ -246,7 +246,7 @@ def test_binary_preset_init_from_timm_copies_hfsc_units(tmp_path):
     attn = model.layers[1].attn
     assert torch.equal(attn.similarity.q_low.linear.weight, q)
     assert torch.equal(attn.similarity.q_high.linear.weight, q)
-    assert torch.equal(model.patch_embed.projection.bias,
+    assert torch.equal(model.patch_embed.proj.bias,
                        ref.patch_embed.proj.bias)
 
 
@@ -356,7 +356,7 @@ def test_tiny_train_step_upernet_multilevel_neck(neck):
         _seg_cfg(backbone, 32, neck_type=neck, scales=(2, 0.5)))
     assert type(model.neck).__name__ == neck
     assert 'layers.0.attn.similarity.q_low.linear.weight' in changed
-    assert 'patch_embed.projection.weight' in changed
+    assert 'patch_embed.proj.weight' in changed
     with torch.no_grad():
         model.eval()
         out = model(torch.randn(1, 3, 64, 64), mode='tensor')

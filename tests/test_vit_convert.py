@@ -8,7 +8,7 @@ import timm
 import mmseg
 
 import mmseg_didb  # noqa: F401
-from mmseg_didb.binary.rprelu import resize_token_map
+from mmseg_didb.binary.rprelu import TokenGrid, resize_token_map
 from mmseg_didb.models.utils.vit_convert import (adapt_to_model,
                                                  convert_vit_checkpoint,
                                                  detect_layout, is_fp_key,
@@ -52,7 +52,7 @@ def test_timm_layout_splits_qkv():
                        sd['blocks.0.mlp.fc2.weight'])
     assert torch.equal(out['layers.0.attn.proj.linear.bias'],
                        sd['blocks.0.attn.proj.bias'])
-    assert torch.equal(out['patch_embed.projection.bias'],
+    assert torch.equal(out['patch_embed.proj.bias'],
                        sd['patch_embed.proj.bias'])
     assert 'norm.weight' in out and 'layers.1.norm2.bias' in out
     assert not any('qkv' in k or k.startswith('blocks.') for k in out)
@@ -95,7 +95,7 @@ def test_wrapped_checkpoints_and_bad_layout():
 
 def test_fp_key_pattern():
     assert is_fp_key('layers.3.attn.similarity.q_low.linear.weight')
-    assert is_fp_key('patch_embed.projection.bias')
+    assert is_fp_key('patch_embed.proj.bias')
     assert is_fp_key('norm.weight') and is_fp_key('pos_embed')
     assert not is_fp_key('layers.3.attn.similarity.q_low.norm.weight')
     assert not is_fp_key('layers.0.mlp.fc1.act.token_gamma')
@@ -106,16 +106,17 @@ def test_fp_key_pattern():
 def test_resize_token_map_keeps_cls_and_is_identity_on_same_grid():
     torch.manual_seed(0)
     pos = torch.randn(1, 1 + 4 * 4, 8)
-    assert resize_token_map(pos, (4, 4), (4, 4), 1) is pos
-    out = resize_token_map(pos, (4, 4), (8, 6), 1, 'bilinear')
+    cls_grid = TokenGrid((4, 4), 1)
+    assert resize_token_map(pos, cls_grid, (4, 4)) is pos
+    out = resize_token_map(pos, cls_grid, (8, 6), 'bilinear')
     assert out.shape == (1, 1 + 48, 8)
     assert torch.equal(out[:, 0], pos[:, 0])
     # A constant map stays constant under interpolation.
     const = torch.ones(1, 16, 1)
-    assert torch.allclose(resize_token_map(const, (4, 4), (7, 5), 0),
+    assert torch.allclose(resize_token_map(const, (4, 4), (7, 5)),
                           torch.ones(1, 35, 1))
     with pytest.raises(ValueError, match='grid'):
-        resize_token_map(pos, (5, 5), (4, 4), 1)
+        resize_token_map(pos, TokenGrid((5, 5), 1), (4, 4))
 
 
 def test_adapt_hfsc_copies_and_resizes():

@@ -125,7 +125,7 @@ def infer_vit_arch(sd: Mapping[str, Tensor]) -> dict:
     """
     sd = vit_fp_layout(sd)
     try:
-        proj = sd['patch_embed.projection.weight']
+        proj = sd['patch_embed.proj.weight']
         pos = sd['pos_embed']
     except KeyError as e:
         raise ValueError('not a ViT backbone: no patch embedding / pos_embed '
@@ -135,7 +135,7 @@ def infer_vit_arch(sd: Mapping[str, Tensor]) -> dict:
     if not layers:
         raise ValueError('not a ViT backbone: no blocks.i / layers.i keys')
     embed_dims, patch_size = proj.shape[0], proj.shape[-1]
-    (gh, gw), _ = infer_token_grid(pos.shape[1])
+    gh, gw = infer_token_grid(pos.shape[1]).size
     fc1 = sd['layers.0.mlp.fc1.linear.weight']
     return dict(embed_dims=embed_dims, num_layers=max(layers) + 1,
                 num_heads=max(embed_dims // 64, 1), patch_size=patch_size,

@@ -19,7 +19,8 @@ from .quantizers import (ACT_QUANTIZERS, ATTN_QUANTIZERS, SAB,
                          build_attn_quantizer, build_weight_quantizer, sign)
 from .regularizers import GRSSchedule, binary_weight_layers, grs_loss
 from .shortcuts import ChannelShortcut, ConvBypass, MergeShortcut
-from .rprelu import ChannelPReLU, RPReLU, TokenRPReLU, resize_token_map
+from .rprelu import (ChannelPReLU, RPReLU, TokenGrid, TokenRPReLU,
+                     resize_token_map)
 from .switch import (binarization, binarization_state, iter_quantizers,
                      set_binarization)
 
@@ -36,7 +37,8 @@ __all__ = [
     'BWNWeight', 'PWSWeight', 'ElasticUnsigned', 'SAB', 'WEIGHT_QUANTIZERS',
     'ACT_QUANTIZERS', 'ATTN_QUANTIZERS', 'build_weight_quantizer',
     'build_act_quantizer', 'build_attn_quantizer', 'grs_loss', 'GRSSchedule',
-    'binary_weight_layers', 'ChannelPReLU', 'RPReLU', 'TokenRPReLU',
+    'binary_weight_layers', 'ChannelPReLU', 'RPReLU', 'TokenGrid',
+    'TokenRPReLU',
     'resize_token_map', 'set_binarization', 'binarization',
     'binarization_state', 'iter_quantizers'
 ]

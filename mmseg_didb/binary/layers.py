@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .compact import binary_operands
 from .presets import BinaryPreset, resolve_preset
 from .quantizers import build_act_quantizer, build_weight_quantizer
-from .rprelu import TokenRPReLU
+from .rprelu import GridLike, TokenRPReLU
 from .shortcuts import ChannelShortcut, ConvBypass, MergeShortcut
 
 __all__ = [
@@ -211,8 +211,7 @@ class BinaryLinearUnit(nn.Module):
         bias: bias of ``linear``.
         shortcut: add the FP channel shortcut.
         activation: close with the preset activation (else identity).
-        ref_grid: reference token grid for Token RPReLU.
-        num_extra_tokens: leading CLS-like tokens for Token RPReLU.
+        grid: reference :class:`~.rprelu.TokenGrid` of Token RPReLU.
 
     Submodules: ``linear`` (:class:`BinaryLinear`), ``norm``, ``shortcut``,
     ``act`` (the last three are None in the FP topology; ``shortcut`` is None
@@ -222,8 +221,7 @@ class BinaryLinearUnit(nn.Module):
     def __init__(self, in_features: int, out_features: int,
                  preset: PresetArg, bias: bool = True, shortcut: bool = True,
                  activation: bool = True,
-                 ref_grid: Optional[Sequence[int]] = None,
-                 num_extra_tokens: int = 0) -> None:
+                 grid: Optional[GridLike] = None) -> None:
         super().__init__()
         self.preset = resolve_preset(preset)
         p = self.preset
@@ -239,8 +237,7 @@ class BinaryLinearUnit(nn.Module):
         self.norm = _build_norm(p.norm, out_features)
         self.shortcut = (ChannelShortcut(in_features, out_features, -1)
                          if shortcut else None)
-        self.act = (p.unit_activation(out_features, ref_grid,
-                                      num_extra_tokens, -1)
+        self.act = (p.unit_activation(out_features, grid, -1)
                     if activation else nn.Identity())
 
     def forward(self, x: Tensor,

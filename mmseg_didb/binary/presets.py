@@ -27,13 +27,13 @@ shortcuts), so rows differ only in the binarizers and the DIDB switches.
 """
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 from torch import nn
 
 from .quantizers import (build_act_quantizer, build_attn_quantizer,
                          build_weight_quantizer)
-from .rprelu import ChannelPReLU, RPReLU, TokenRPReLU
+from .rprelu import ChannelPReLU, GridLike, RPReLU, TokenRPReLU
 
 __all__ = ['BinaryPreset', 'PRESETS', 'PRESET_CHOICES', 'resolve_preset']
 
@@ -147,32 +147,30 @@ class BinaryPreset:
         return build_attn_quantizer(self.attn, num_keys, level_init)
 
     def unit_activation(self, num_channels: int,
-                        ref_grid: Optional[Sequence[int]] = None,
-                        num_extra_tokens: int = 0,
+                        grid: Optional[GridLike] = None,
                         channel_dim: int = -1) -> nn.Module:
         """The activation that closes a binary unit.
 
         'prelu' gives :class:`ChannelPReLU`; 'rprelu' gives :class:`RPReLU`,
         or :class:`TokenRPReLU` when ``token_rprelu`` is on and the caller
         works on tokens (``channel_dim=-1``): static mode needs the
-        reference grid, dynamic mode none. Conv maps (``channel_dim=1``) have
-        no tokens and get plain RPReLU.
+        reference :class:`TokenGrid` ``grid``, dynamic mode none. Conv maps
+        (``channel_dim=1``) have no tokens and get plain RPReLU.
 
         Raises:
-            ValueError: static Token RPReLU on tokens without ``ref_grid``.
+            ValueError: static Token RPReLU on tokens without ``grid``.
         """
         if self.activation == 'prelu':
             return ChannelPReLU(num_channels, channel_dim)
         on_tokens = channel_dim in (-1, 2)
         if self.token_rprelu == 'off' or not on_tokens:
             return RPReLU(num_channels, channel_dim)
-        if self.token_rprelu == 'static' and ref_grid is None:
+        if self.token_rprelu == 'static' and grid is None:
             raise ValueError(
                 f'preset {self.name!r} uses static Token RPReLU: pass '
-                'ref_grid=(H, W), the token grid the model is pretrained at, '
-                "or set token_rprelu='dynamic' / False")
-        return TokenRPReLU(num_channels, ref_grid, self.token_rprelu,
-                           num_extra_tokens)
+                'grid=TokenGrid((H, W), num_extra), the token grid the model '
+                "is pretrained at, or set token_rprelu='dynamic' / False")
+        return TokenRPReLU(num_channels, grid, self.token_rprelu)
 
     def replace(self, **overrides: Any) -> 'BinaryPreset':
         """A copy with ``overrides`` applied (see :func:`resolve_preset`)."""
@@ -276,3 +274,21 @@ def resolve_preset(preset: Union[str, BinaryPreset, Mapping[str, Any]],
         return base
     overrides = {k: _normalise(k, v) for k, v in overrides.items()}
     return dataclasses.replace(base, **overrides)
+
+
+def expect_preset(preset: Any, owner: str) -> BinaryPreset:
+    """``preset`` if it is a resolved :class:`BinaryPreset`, for the inner
+    modules of a model: the model resolves its preset once, at its boundary,
+    and passes the object down.
+
+    Raises:
+        TypeError: for a name, a dict or anything else; the message names
+            :func:`resolve_preset`.
+    """
+    if not isinstance(preset, BinaryPreset):
+        raise TypeError(
+            f'{owner} takes a resolved BinaryPreset (the model resolves its '
+            f'preset once and passes it down), got {preset!r}; pass '
+            f'resolve_preset({preset!r})')
+    return preset
+

@@ -9,13 +9,16 @@
   ``f(x_nc) = PReLU_c(x_nc - gamma_c - gamma'_n) + zeta_c + zeta'_n``.
 """
 import math
-from typing import Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ['ChannelPReLU', 'RPReLU', 'TokenRPReLU', 'resize_token_map']
+__all__ = [
+    'ChannelPReLU', 'RPReLU', 'TokenGrid', 'TokenRPReLU', 'resize_token_map'
+]
 
 
 def _channel_view(p: Tensor, x: Tensor, channel_dim: int) -> Tensor:
@@ -87,36 +90,88 @@ class RPReLU(ChannelPReLU):
         return super().forward(y) + _channel_view(self.zeta, x, cd)
 
 
-def resize_token_map(tokens: Tensor, ref_grid: Sequence[int],
-                     hw: Sequence[int], num_extra_tokens: int = 0,
+@dataclass(frozen=True)
+class TokenGrid:
+    """Layout of a token sequence ``(B, N, C)``: ``num_extra`` leading tokens
+    without a grid position (a ViT's CLS), then an ``H x W`` grid, row-major.
+
+    A model builds one per stage, for its grid at the pretraining size (the
+    *reference* grid, which sizes per-token parameters such as Token RPReLU
+    maps and position embeddings), and passes it once to the layers it
+    builds; forwards receive the actual ``hw`` and the parameters are resized
+    to it with :func:`resize_token_map`.
+
+    Args:
+        size: ``(H, W)`` of the reference grid.
+        num_extra: Leading tokens without a grid position.
+    """
+    size: Tuple[int, int]
+    num_extra: int = 0
+
+    def __post_init__(self) -> None:
+        size = tuple(int(s) for s in self.size)
+        if len(size) != 2 or min(size) < 1 or int(self.num_extra) < 0:
+            raise ValueError(
+                f'TokenGrid needs size=(H, W) with H, W >= 1 and num_extra '
+                f'>= 0, got size={self.size!r}, num_extra={self.num_extra!r}')
+        object.__setattr__(self, 'size', size)
+        object.__setattr__(self, 'num_extra', int(self.num_extra))
+
+    @property
+    def num_tokens(self) -> int:
+        """Sequence length ``num_extra + H * W``."""
+        return self.num_extra + self.size[0] * self.size[1]
+
+    @classmethod
+    def of(cls, grid: Optional['GridLike'],
+           num_extra: int = 0) -> Optional['TokenGrid']:
+        """``grid`` itself, the grid of an ``(H, W)`` pair with
+        ``num_extra`` extra tokens, or None."""
+        if grid is None or isinstance(grid, TokenGrid):
+            return grid
+        return cls(tuple(grid), num_extra)
+
+
+GridLike = Union[TokenGrid, Sequence[int]]
+
+
+def resize_token_map(tokens: Tensor, grid: GridLike, hw: Sequence[int],
                      mode: str = 'bilinear') -> Tensor:
-    """Resize a token map (1, extra + Hr*Wr, D) to (1, extra + H*W, D).
+    """Resize a token map (1, extra + Hr*Wr, D) on ``grid`` to
+    (1, extra + H*W, D).
 
     The one resize of token-grid parameters, used in forward (Token RPReLU
-    maps) and at load time (position embeddings, maps of another grid):
+    maps, position embeddings) and at load time (maps of another grid):
     like mmseg's ``resize_pos_embed``, the grid part is interpolated
     (``align_corners=False``, in float32), the leading extra tokens (CLS) are
     kept; the same grid returns ``tokens`` itself.
 
+    Args:
+        tokens: The map, ``grid.num_tokens`` rows.
+        grid: Its :class:`TokenGrid` (a pair: no extra tokens).
+        hw: The grid to resize to.
+        mode: ``F.interpolate`` mode.
+
     Raises:
-        ValueError: if ``tokens`` does not hold ``extra + Hr * Wr`` rows.
+        ValueError: if ``tokens`` does not hold ``grid.num_tokens`` rows.
     """
-    hr, wr = ref_grid
+    grid = TokenGrid.of(grid)
+    (hr, wr), extra_n = grid.size, grid.num_extra
     h, w = hw
-    if tokens.shape[1] != num_extra_tokens + hr * wr:
+    if tokens.shape[1] != grid.num_tokens:
         raise ValueError(
             f'token map of shape {tuple(tokens.shape)} does not hold '
-            f'{num_extra_tokens} extra token(s) plus a {hr}x{wr} grid')
+            f'{extra_n} extra token(s) plus a {hr}x{wr} grid')
     if (hr, wr) == (h, w):
         return tokens
-    extra, grid = tokens[:, :num_extra_tokens], tokens[:, num_extra_tokens:]
-    d = grid.shape[-1]
-    grid = grid.reshape(1, hr, wr, d).permute(0, 3, 1, 2)
+    extra, cells = tokens[:, :extra_n], tokens[:, extra_n:]
+    d = cells.shape[-1]
+    cells = cells.reshape(1, hr, wr, d).permute(0, 3, 1, 2)
     kwargs = {} if mode == 'nearest' else dict(align_corners=False)
-    grid = F.interpolate(grid.float(), size=(h, w), mode=mode,
-                         **kwargs).to(tokens.dtype)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, h * w, d)
-    return torch.cat([extra, grid], dim=1)
+    cells = F.interpolate(cells.float(), size=(h, w), mode=mode,
+                          **kwargs).to(tokens.dtype)
+    cells = cells.permute(0, 2, 3, 1).reshape(1, h * w, d)
+    return torch.cat([extra, cells], dim=1)
 
 
 class TokenRPReLU(RPReLU):
@@ -138,29 +193,26 @@ class TokenRPReLU(RPReLU):
 
     Args:
         num_channels: number of channels C.
-        ref_grid: (H_ref, W_ref) of the per-token maps (static mode).
+        grid: :class:`TokenGrid` of the per-token maps (static mode; a pair
+            ``(H, W)`` means no extra tokens). Dynamic mode needs none.
         mode: ``'static'`` or ``'dynamic'``.
-        num_extra_tokens: leading non-grid tokens (CLS) in the sequence.
         init: initial PReLU slope.
     """
 
     def __init__(self, num_channels: int,
-                 ref_grid: Optional[Sequence[int]] = None,
-                 mode: str = 'static', num_extra_tokens: int = 0,
-                 init: float = 0.25) -> None:
+                 grid: Optional[GridLike] = None,
+                 mode: str = 'static', init: float = 0.25) -> None:
         super().__init__(num_channels, channel_dim=-1, init=init)
         if mode not in ('static', 'dynamic'):
             raise ValueError(f"TokenRPReLU mode must be 'static' or "
                              f"'dynamic', got {mode!r}")
         self.mode = mode
-        self.num_extra_tokens = int(num_extra_tokens)
-        self.ref_grid: Optional[Tuple[int, int]] = None
+        self.grid = TokenGrid.of(grid)
         if mode == 'static':
-            if ref_grid is None or len(ref_grid) != 2 or min(ref_grid) < 1:
-                raise ValueError('TokenRPReLU(mode="static") needs ref_grid='
-                                 f'(H_ref, W_ref), got {ref_grid!r}')
-            self.ref_grid = (int(ref_grid[0]), int(ref_grid[1]))
-            n = self.num_extra_tokens + self.ref_grid[0] * self.ref_grid[1]
+            if self.grid is None:
+                raise ValueError('TokenRPReLU(mode="static") needs grid='
+                                 'TokenGrid((H_ref, W_ref), num_extra)')
+            n = self.grid.num_tokens
             self.token_gamma = nn.Parameter(torch.zeros(1, n, 1))
             self.token_zeta = nn.Parameter(torch.zeros(1, n, 1))
         else:
@@ -173,36 +225,34 @@ class TokenRPReLU(RPReLU):
         # a position embedding; anything else falls through to the usual
         # shape check.
         if self.mode == 'static':
+            extra = self.grid.num_extra
             for name in ('token_gamma', 'token_zeta'):
                 src = state_dict.get(prefix + name)
                 own = getattr(self, name)
                 if src is None or src.dim() != 3 or src.shape == own.shape:
                     continue
-                side = math.isqrt(src.shape[1] - self.num_extra_tokens)
-                if side * side == src.shape[1] - self.num_extra_tokens:
+                side = math.isqrt(src.shape[1] - extra)
+                if side * side == src.shape[1] - extra:
                     state_dict[prefix + name] = resize_token_map(
-                        src, (side, side), self.ref_grid,
-                        self.num_extra_tokens)
+                        src, TokenGrid((side, side), extra), self.grid.size)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def token_maps(self, hw: Optional[Sequence[int]],
                    num_tokens: int) -> Tuple[Tensor, Tensor]:
         """Static per-token (gamma', zeta') at grid ``hw``: (1, N, 1) each."""
-        assert self.ref_grid is not None
+        assert self.grid is not None
         if hw is None:
-            if num_tokens != self.token_gamma.shape[1]:
+            if num_tokens != self.grid.num_tokens:
                 raise ValueError(
                     f'TokenRPReLU got {num_tokens} tokens but its reference '
-                    f'grid {self.ref_grid} (+{self.num_extra_tokens} extra) '
-                    'has a different count; pass hw=(H, W)')
+                    f'{self.grid} has {self.grid.num_tokens}; pass hw=(H, W)')
             return self.token_gamma, self.token_zeta
         h, w = int(hw[0]), int(hw[1])
-        if num_tokens != self.num_extra_tokens + h * w:
+        if num_tokens != self.grid.num_extra + h * w:
             raise ValueError(f'TokenRPReLU got {num_tokens} tokens, expected '
-                             f'{self.num_extra_tokens} + {h}*{w} for hw={hw}')
+                             f'{self.grid.num_extra} + {h}*{w} for hw={hw}')
         both = torch.cat([self.token_gamma, self.token_zeta], dim=-1)
-        both = resize_token_map(both, self.ref_grid, (h, w),
-                                self.num_extra_tokens)
+        both = resize_token_map(both, self.grid, (h, w))
         return both[..., :1], both[..., 1:]
 
     def forward(self, x: Tensor,
@@ -221,5 +271,4 @@ class TokenRPReLU(RPReLU):
         return super().forward(x - tg) + tz
 
     def extra_repr(self) -> str:
-        return (f'{self.num_channels}, mode={self.mode}, ref_grid='
-                f'{self.ref_grid}, num_extra_tokens={self.num_extra_tokens}')
+        return f'{self.num_channels}, mode={self.mode}, grid={self.grid}'

@@ -79,12 +79,10 @@ def binary_conv2d(xp: Tensor, hw: Sequence[int], wp: Tensor, wpop: Tensor,
                                  or epilogue.dyn_gamma is not None):
         raise ValueError('convolutions have no token terms')
     if kernels_available() and xp.device.type == 'cpu':
-        ep = {} if epilogue is None else {
-            k: v for k, v in epilogue.kwargs().items()
-            if not k.startswith(('token_', 'dyn_'))}
+        ep = epilogue or UnitEpilogue()
         return _C.conv_unit(xp, h, w, wp, wpop, channels, kh, kw, stride[0],
                             stride[1], padding[0], padding[1], dilation[0],
-                            dilation[1], scale, bias, **ep)
+                            dilation[1], scale, bias, ep.tensors(), ep.eps)
     n = xp.shape[0]
     x = unpack_signs(xp, channels).reshape(n, h, w, channels).permute(
         0, 3, 1, 2)

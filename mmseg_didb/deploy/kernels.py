@@ -262,9 +262,11 @@ class UnitEpilogue:
     dyn_gamma: Optional[Tensor] = None
     dyn_zeta: Optional[Tensor] = None
 
-    def kwargs(self) -> Dict[str, object]:
-        """Keyword arguments of the C++ kernels."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def tensors(self) -> Dict[str, Tensor]:
+        """The given tensor fields by name (the C++ kernels' ``epilogue``;
+        ``eps`` goes beside it)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if isinstance(getattr(self, f.name), Tensor)}
 
     def apply(self, y: Tensor) -> Tensor:
         """The tail on float rows ``y`` ``(rows, N)``."""
@@ -340,9 +342,9 @@ def binary_linear_unit(x: Tensor, k: int, weight: Tensor, scale: Tensor,
         ``(rows, N)`` float32.
     """
     if _native_on and x.device.type == 'cpu':
-        ep = epilogue.kwargs() if epilogue is not None else {}
+        ep = epilogue or UnitEpilogue()
         return _C.linear_unit(x, k, div, add, rows_per_group, weight, scale,
-                              bias, **ep)
+                              bias, ep.tensors(), ep.eps)
     bits = x if not x.is_floating_point() else _pack_rows(
         x, div, add, rows_per_group)
     y = binary_matmul(bits, weight, k).float() * scale.float()

@@ -25,6 +25,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <iterator>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -333,17 +335,36 @@ struct Unit {
   }
 };
 
-Unit make_unit(int64_t rows, int64_t n, const c10::optional<at::Tensor>& ln_w,
-               const c10::optional<at::Tensor>& ln_b, double eps,
-               const c10::optional<at::Tensor>& res,
-               const c10::optional<at::Tensor>& res_count,
-               const c10::optional<at::Tensor>& slope,
-               const c10::optional<at::Tensor>& gamma,
-               const c10::optional<at::Tensor>& zeta,
-               const c10::optional<at::Tensor>& tok_g,
-               const c10::optional<at::Tensor>& tok_z,
-               const c10::optional<at::Tensor>& dyn_g,
-               const c10::optional<at::Tensor>& dyn_z) {
+// The unit epilogue's tensors by name (UnitEpilogue.tensors() in
+// deploy/kernels.py); absent entries are skipped.
+using Epilogue = std::map<std::string, at::Tensor>;
+
+c10::optional<at::Tensor> entry(const Epilogue& ep, const char* name) {
+  const auto it = ep.find(name);
+  if (it == ep.end() || !it->second.defined()) return c10::nullopt;
+  return it->second;
+}
+
+Unit make_unit(int64_t rows, int64_t n, const Epilogue& ep, double eps,
+               bool tokens) {
+  static const char* const kNames[] = {
+      "ln_weight", "ln_bias", "res", "res_count", "slope", "gamma", "zeta",
+      "token_gamma", "token_zeta", "dyn_gamma", "dyn_zeta"};
+  for (const auto& kv : ep) {
+    TORCH_CHECK(std::find_if(std::begin(kNames), std::end(kNames),
+                             [&](const char* k) { return kv.first == k; }) !=
+                    std::end(kNames),
+                "unknown epilogue entry '", kv.first, "'");
+    TORCH_CHECK(tokens || (kv.first.rfind("token_", 0) != 0 &&
+                           kv.first.rfind("dyn_", 0) != 0),
+                "convolutions have no token terms ('", kv.first, "')");
+  }
+  const auto ln_w = entry(ep, "ln_weight"), ln_b = entry(ep, "ln_bias");
+  const auto res = entry(ep, "res"), res_count = entry(ep, "res_count");
+  const auto slope = entry(ep, "slope"), gamma = entry(ep, "gamma");
+  const auto zeta = entry(ep, "zeta");
+  const auto tok_g = entry(ep, "token_gamma"), tok_z = entry(ep, "token_zeta");
+  const auto dyn_g = entry(ep, "dyn_gamma"), dyn_z = entry(ep, "dyn_zeta");
   Unit u;
   didb::UnitParams& p = u.p;
   p.n = n;
@@ -389,17 +410,7 @@ at::Tensor linear_unit(const at::Tensor& x_in, int64_t k,
                        int64_t rows_per_group, const at::Tensor& w_in,
                        const at::Tensor& scale_in,
                        const c10::optional<at::Tensor>& bias_in,
-                       const c10::optional<at::Tensor>& ln_w,
-                       const c10::optional<at::Tensor>& ln_b, double eps,
-                       const c10::optional<at::Tensor>& res,
-                       const c10::optional<at::Tensor>& res_count,
-                       const c10::optional<at::Tensor>& slope,
-                       const c10::optional<at::Tensor>& gamma,
-                       const c10::optional<at::Tensor>& zeta,
-                       const c10::optional<at::Tensor>& tok_g,
-                       const c10::optional<at::Tensor>& tok_z,
-                       const c10::optional<at::Tensor>& dyn_g,
-                       const c10::optional<at::Tensor>& dyn_z) {
+                       const Epilogue& ep, double eps) {
   TORCH_CHECK(x_in.dim() == 2, "linear_unit expects (rows, features)");
   TORCH_CHECK(x_in.device().is_cpu(), "linear_unit: CPU tensors only");
   check_words(w_in, "weight", 2);
@@ -415,8 +426,7 @@ at::Tensor linear_unit(const at::Tensor& x_in, int64_t k,
   const at::Tensor bias = opt_vec(bias_in, n, "bias");
   const std::unique_ptr<RowPacker> pk(
       packed ? nullptr : new RowPacker(m, k, div, add, rows_per_group));
-  Unit u = make_unit(m, n, ln_w, ln_b, eps, res, res_count, slope, gamma,
-                     zeta, tok_g, tok_z, dyn_g, dyn_z);
+  Unit u = make_unit(m, n, ep, eps, /*tokens=*/true);
   const int isa = g_isa;
   Weights wt;
   wt.w = words(w);
@@ -462,13 +472,7 @@ at::Tensor conv_unit(const at::Tensor& x_in, int64_t h, int64_t wd,
                      int64_t sw, int64_t ph, int64_t pw, int64_t dh,
                      int64_t dw, const at::Tensor& scale_in,
                      const c10::optional<at::Tensor>& bias_in,
-                     const c10::optional<at::Tensor>& ln_w,
-                     const c10::optional<at::Tensor>& ln_b, double eps,
-                     const c10::optional<at::Tensor>& res,
-                     const c10::optional<at::Tensor>& res_count,
-                     const c10::optional<at::Tensor>& slope,
-                     const c10::optional<at::Tensor>& gamma,
-                     const c10::optional<at::Tensor>& zeta) {
+                     const Epilogue& ep, double eps) {
   check_words(x_in, "x", 3);
   check_words(w_in, "weight", 3);
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
@@ -489,8 +493,7 @@ at::Tensor conv_unit(const at::Tensor& x_in, int64_t h, int64_t wd,
   const at::Tensor scale = opt_vec(scale_in, o, "scale");
   const at::Tensor bias = opt_vec(bias_in, o, "bias");
   const int64_t npix = ho * wo, m = nb * npix;
-  Unit u = make_unit(m, o, ln_w, ln_b, eps, res, res_count, slope, gamma, zeta,
-                     c10::nullopt, c10::nullopt, c10::nullopt, c10::nullopt);
+  Unit u = make_unit(m, o, ep, eps, /*tokens=*/false);
   const int isa = g_isa;
   Weights wt;
   wt.w = words(w);
@@ -747,13 +750,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("k"), py::arg("div") = py::none(),
         py::arg("add") = py::none(), py::arg("rows_per_group") = 1,
         py::arg("weight"), py::arg("scale"), py::arg("bias") = py::none(),
-        py::arg("ln_weight") = py::none(), py::arg("ln_bias") = py::none(),
-        py::arg("eps") = 1e-5, py::arg("res") = py::none(),
-        py::arg("res_count") = py::none(), py::arg("slope") = py::none(),
-        py::arg("gamma") = py::none(), py::arg("zeta") = py::none(),
-        py::arg("token_gamma") = py::none(),
-        py::arg("token_zeta") = py::none(), py::arg("dyn_gamma") = py::none(),
-        py::arg("dyn_zeta") = py::none());
+        py::arg("epilogue") = Epilogue(), py::arg("eps") = 1e-5);
   m.def("conv_unit", &conv_unit,
         "binary convolution on packed input + fused unit epilogue "
         "(channels-last output)",
@@ -761,11 +758,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("weight_pop"), py::arg("c"), py::arg("kh"), py::arg("kw"),
         py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
         py::arg("dh"), py::arg("dw"), py::arg("scale"),
-        py::arg("bias") = py::none(), py::arg("ln_weight") = py::none(),
-        py::arg("ln_bias") = py::none(), py::arg("eps") = 1e-5,
-        py::arg("res") = py::none(), py::arg("res_count") = py::none(),
-        py::arg("slope") = py::none(), py::arg("gamma") = py::none(),
-        py::arg("zeta") = py::none());
+        py::arg("bias") = py::none(), py::arg("epilogue") = Epilogue(),
+        py::arg("eps") = 1e-5);
   m.def("window_attention", &window_attention,
         "binary (window) attention core on packed q/k/v token maps",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("heads"),

@@ -1,11 +1,13 @@
 """What the plugin's backbones share: presets, ``arch``, ``out_indices``,
-the deprecated ``pretrained=``, mmseg-option checks, fresh init and the
-report of a checkpoint conversion."""
+the deprecated ``pretrained=``, mmseg-option checks, the patch-embedding
+stem, fresh init and the report of a checkpoint conversion."""
 import warnings
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 from mmengine.logging import print_log
+from timm.layers import PatchEmbed
+from torch import Tensor
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 
@@ -110,6 +112,29 @@ class DIDBBackbone(StrictPretrainedMixin, BaseModule):
             raise ValueError(f'{type(self).__name__} does not support '
                              + ', '.join(errors)
                              + '; remove these keys from the backbone config')
+
+    # ------------------------------------------------------------------- stem
+    def _build_patch_embed(self, img_size: Tuple[int, int], patch_size: int,
+                           in_channels: int, embed_dims: int, norm: bool,
+                           bias: bool = True) -> None:
+        """The FP stem, ``patch_embed``: timm's ``PatchEmbed`` (keys
+        ``patch_embed.proj``, ``patch_embed.norm``; mmseg's
+        ``patch_embed.projection`` is converted at load time), which
+        zero-pads inputs that are not a patch multiple at the bottom/right
+        (mmseg's ``padding='corner'``)."""
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=in_channels,
+            embed_dim=embed_dims, norm_layer=nn.LayerNorm if norm else None,
+            bias=bias, output_fmt='NHWC', strict_img_size=False,
+            dynamic_img_pad=True)
+
+    def _embed_patches(self, images: Tensor
+                       ) -> Tuple[Tensor, Tuple[int, int]]:
+        """``(B, C, H, W)`` images -> ``(B, h * w, D)`` tokens on the grid
+        ``(h, w) = (ceil(H / p), ceil(W / p))``."""
+        x = self.patch_embed(images)
+        b, h, w, d = x.shape
+        return x.reshape(b, h * w, d), (h, w)
 
     # ------------------------------------------------------------------- init
     def _init_fresh(self) -> None:

@@ -13,12 +13,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from mmengine.model.weight_init import trunc_normal_
-from timm.layers import PatchEmbed
 
 from mmseg.registry import MODELS
 from mmseg_didb.binary.layers import BinaryLinearUnit
 from mmseg_didb.binary.shortcuts import MergeShortcut
-from mmseg_didb.binary.presets import BinaryPreset
+from mmseg_didb.binary.presets import BinaryPreset, expect_preset
+from mmseg_didb.binary.rprelu import TokenGrid
 from ..layers import DIDBAttention, DIDBBlock, window_attention_mask
 from ..utils.swin_convert import convert_swin_state_dict
 from .base import DIDBBackbone
@@ -115,19 +115,19 @@ class BinaryPatchMerging(nn.Module):
     Args:
         in_dims: Input channels ``C``.
         out_dims: Output channels (``2C`` in Swin).
-        preset: Preset name, :class:`BinaryPreset` or dict.
-        ref_grid: Reference grid of the output tokens (Token RPReLU).
+        preset: The model's resolved :class:`BinaryPreset`.
+        grid: Reference :class:`TokenGrid` of the output tokens.
     """
 
-    def __init__(self, in_dims: int, out_dims: int,
-                 preset: Union[str, BinaryPreset, dict] = 'didb',
-                 ref_grid: Optional[Pair] = None) -> None:
+    def __init__(self, in_dims: int, out_dims: int, preset: BinaryPreset,
+                 grid: Optional[TokenGrid] = None) -> None:
         super().__init__()
+        preset = expect_preset(preset, 'BinaryPatchMerging')
         self.in_dims = in_dims
         self.out_dims = out_dims
         self.norm = nn.LayerNorm(4 * in_dims)
         self.reduction = BinaryLinearUnit(4 * in_dims, out_dims, preset,
-                                          bias=False, ref_grid=ref_grid)
+                                          bias=False, grid=grid)
         if self.reduction.shortcut is not None:
             self.reduction.shortcut = MergeShortcut(in_dims, out_dims)
 
@@ -154,7 +154,8 @@ class DIDBSwinStage(nn.Module):
         num_heads: Heads.
         window_size: Window of the attention.
         downsample: Patch merging at the start (timm layout).
-        ref_grid: Token grid of this stage at the pretraining size.
+        preset: The model's resolved :class:`BinaryPreset`.
+        grid: Token grid of this stage at the pretraining size.
         drop_path: Per-block stochastic depth rates.
         attn_cfg: Extra :class:`DIDBWindowAttention` arguments.
         block_kwargs: Remaining :class:`DIDBBlock` arguments.
@@ -162,19 +163,19 @@ class DIDBSwinStage(nn.Module):
 
     def __init__(self, in_dims: int, out_dims: int, depth: int,
                  num_heads: int, window_size: Pair, downsample: bool,
-                 preset: BinaryPreset, ref_grid: Pair,
+                 preset: BinaryPreset, grid: TokenGrid,
                  drop_path: Sequence[float],
                  attn_cfg: Optional[dict] = None, **block_kwargs) -> None:
         super().__init__()
         self.window_size = window_size
-        win, _ = window_and_shift(ref_grid, window_size)
+        win, _ = window_and_shift(grid.size, window_size)
         attn_tokens = win[0] * win[1]  # keys per query at the reference size
         self.downsample = (BinaryPatchMerging(in_dims, out_dims, preset,
-                                              ref_grid)
+                                              grid)
                            if downsample else nn.Identity())
         self.blocks = nn.ModuleList([
             DIDBBlock(out_dims, num_heads, preset=preset,
-                      drop_path=drop_path[i], ref_grid=ref_grid,
+                      drop_path=drop_path[i], grid=grid,
                       attn_layer=DIDBWindowAttention,
                       attn_kwargs=dict(window_size=window_size,
                                        attn_tokens=attn_tokens,
@@ -336,11 +337,8 @@ class DIDBSwin(DIDBBackbone):
         self.num_features = [int(embed_dims * 2**i)
                              for i in range(self.num_layers)]
 
-        self.patch_embed = PatchEmbed(
-            img_size=self.pretrain_img_size, patch_size=patch_size,
-            in_chans=in_channels, embed_dim=embed_dims,
-            norm_layer=nn.LayerNorm, output_fmt='NHWC', strict_img_size=False,
-            dynamic_img_pad=True)
+        self._build_patch_embed(self.pretrain_img_size, patch_size,
+                                in_channels, embed_dims, norm=True)
         self.drop_after_pos = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         grid = tuple(math.ceil(s / patch_size) for s in self.pretrain_img_size)
@@ -352,7 +350,7 @@ class DIDBSwin(DIDBBackbone):
                 in_dims=self.num_features[max(i - 1, 0)],
                 out_dims=self.num_features[i], depth=depths[i],
                 num_heads=num_heads[i], window_size=self.window_size,
-                downsample=i > 0, preset=self.preset, ref_grid=grid,
+                downsample=i > 0, preset=self.preset, grid=TokenGrid(grid),
                 drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
                 attn_drop=attn_drop_rate, with_cp=with_cp,
@@ -398,15 +396,13 @@ class DIDBSwin(DIDBBackbone):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """``(B, 3, H, W)`` -> tuple of ``(B, C_i, H_i, W_i)`` for
         ``out_indices`` (a tuple, as OpenMMLab necks expect)."""
-        x = self.patch_embed(x)
-        B, H, W, C = x.shape
-        hw = (H, W)
-        x = self.drop_after_pos(x.reshape(B, H * W, C))
+        x, hw = self._embed_patches(x)
+        x = self.drop_after_pos(x)
         outs = []
         for i, stage in enumerate(self.layers):
             x, hw = stage(x, hw)
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(x)
-                outs.append(out.view(B, hw[0], hw[1], -1).permute(
+                outs.append(out.view(out.shape[0], hw[0], hw[1], -1).permute(
                     0, 3, 1, 2).contiguous())
         return tuple(outs)

@@ -22,13 +22,12 @@ import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmengine.model import ModuleList
 from mmengine.model.weight_init import trunc_normal_
-from mmseg.models.utils import PatchEmbed
 from mmseg.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair as to_2tuple
 
 from mmseg_didb.binary.presets import BinaryPreset
-from mmseg_didb.binary.rprelu import resize_token_map
+from mmseg_didb.binary.rprelu import TokenGrid, resize_token_map
 from ..layers.transformer_block import DIDBBlock
 from ..utils.vit_convert import convert_vit_state_dict
 from .base import DIDBBackbone
@@ -123,7 +122,7 @@ class DIDBViT(DIDBBackbone):
                  preset_overrides: Optional[dict] = None,
                  img_size: Union[int, Sequence[int]] = 224,
                  patch_size: int = 16,
-                 patch_pad: Union[str, int] = 'corner',
+                 patch_pad: str = 'corner',
                  in_channels: int = 3,
                  embed_dims: Optional[int] = None,
                  num_layers: Optional[int] = None,
@@ -155,6 +154,8 @@ class DIDBViT(DIDBBackbone):
             f'act_cfg={act_cfg} (the FP MLP uses GELU)':
             act_cfg is not None and act_cfg.get('type') != 'GELU',
             'patch_norm=True': patch_norm,
+            f"patch_pad={patch_pad!r} (the stem pads the bottom/right: "
+            "'corner')": patch_pad != 'corner',
             'pre_norm=True': pre_norm,
             f'num_fcs={num_fcs} (the MLP has fc1 and fc2)': num_fcs != 2,
         })
@@ -185,27 +186,19 @@ class DIDBViT(DIDBBackbone):
         self.with_cls_token = with_cls_token
         self.output_cls_token = output_cls_token
         self.norm_eval = norm_eval
-        self.ref_grid = (self.img_size[0] // patch_size,
-                         self.img_size[1] // patch_size)
         # Token RPReLU maps carry the CLS row only when the encoder sees CLS.
-        self.num_extra_tokens = 1 if with_cls_token else 0
+        self.grid = TokenGrid((self.img_size[0] // patch_size,
+                               self.img_size[1] // patch_size),
+                              1 if with_cls_token else 0)
         self.out_indices = self._resolve_out_indices(out_indices, num_layers)
         norm_cfg = norm_cfg or dict(type='LN', eps=1e-6)
 
-        self.patch_embed = PatchEmbed(
-            in_channels=in_channels,
-            embed_dims=embed_dims,
-            conv_type='Conv2d',
-            kernel_size=patch_size,
-            stride=patch_size,
-            padding=patch_pad,
-            bias=patch_bias,
-            norm_cfg=None,
-            init_cfg=None)
+        self._build_patch_embed(self.img_size, patch_size, in_channels,
+                                embed_dims, norm=False, bias=patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims))
         # As in mmseg, the position embedding always holds the CLS row.
         self.pos_embed = nn.Parameter(
-            torch.zeros(1, 1 + self.ref_grid[0] * self.ref_grid[1],
+            torch.zeros(1, 1 + self.grid.size[0] * self.grid.size[1],
                         embed_dims))
         self.drop_after_pos = nn.Dropout(p=drop_rate)
 
@@ -221,8 +214,7 @@ class DIDBViT(DIDBBackbone):
                 drop=drop_rate,
                 attn_drop=attn_drop_rate,
                 drop_path=dpr[i],
-                ref_grid=self.ref_grid,
-                num_extra_tokens=self.num_extra_tokens,
+                grid=self.grid,
                 norm_layer=partial(_build_norm, norm_cfg),
                 attn_kwargs=attn_cfg,
                 with_cp=with_cp) for i in range(num_layers)
@@ -236,14 +228,14 @@ class DIDBViT(DIDBBackbone):
     def _pos_embed(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
         """Add the position embedding, resized when the grid differs."""
         pos = self.pos_embed
-        if tuple(hw) != self.ref_grid:
-            pos = resize_token_map(pos, self.ref_grid, hw, 1,
+        if tuple(hw) != self.grid.size:
+            pos = resize_token_map(pos, TokenGrid(self.grid.size, 1), hw,
                                    self.interpolate_mode)
         return self.drop_after_pos(x + pos)
 
     def _to_output(self, x: Tensor,
                    hw: Tuple[int, int]) -> Union[Tensor, list]:
-        tokens = x[:, self.num_extra_tokens:]
+        tokens = x[:, self.grid.num_extra:]
         b, _, c = tokens.shape
         out = tokens.reshape(b, hw[0], hw[1], c).permute(0, 3, 1, 2)
         out = out.contiguous()
@@ -260,8 +252,7 @@ class DIDBViT(DIDBBackbone):
             ``out_indices`` entry (``[map, cls]`` with ``output_cls_token``).
         """
         b = inputs.shape[0]
-        x, hw = self.patch_embed(inputs)
-        hw = tuple(hw)
+        x, hw = self._embed_patches(inputs)
         x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
         x = self._pos_embed(x, hw)
         if not self.with_cls_token:
@@ -293,7 +284,6 @@ class DIDBViT(DIDBBackbone):
         """Convert timm / DeiT / mmseg-ViT keys, resize the position
         embedding and the Token RPReLU maps (pre-hook of the mixin)."""
         converted, report = convert_vit_state_dict(
-            own, self.state_dict(), self.ref_grid, self.num_extra_tokens,
-            num_heads=self.num_heads, interpolate_mode=self.interpolate_mode)
+            own, self.state_dict(), self.grid, num_heads=self.num_heads, interpolate_mode=self.interpolate_mode)
         self._log_conversion(report)
         return converted

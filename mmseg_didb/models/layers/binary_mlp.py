@@ -1,11 +1,12 @@
 """Binary feed-forward network of the DIDB transformer blocks."""
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from mmseg_didb.binary.layers import BinaryLinearUnit
-from mmseg_didb.binary.presets import BinaryPreset, resolve_preset
+from mmseg_didb.binary.presets import BinaryPreset, expect_preset
+from mmseg_didb.binary.rprelu import TokenGrid
 
 __all__ = ['BinaryMlp']
 
@@ -23,9 +24,9 @@ class BinaryMlp(nn.Module):
     Args:
         in_features: Input channels.
         hidden_features: Hidden channels (default ``in_features``).
-        preset: Preset name, :class:`BinaryPreset` or dict.
-        ref_grid: Reference grid of the Token RPReLU terms.
-        num_extra_tokens: Leading tokens without a grid position.
+        preset: The model's resolved :class:`BinaryPreset`.
+        grid: Reference :class:`~mmseg_didb.binary.rprelu.TokenGrid` of the
+            Token RPReLU terms.
         out_features: Output channels (default ``in_features``).
         drop: Dropout after the activation and after ``fc2``.
         bias: Bias in both linears.
@@ -34,24 +35,22 @@ class BinaryMlp(nn.Module):
     def __init__(self,
                  in_features: int,
                  hidden_features: Optional[int] = None,
-                 preset: Union[str, BinaryPreset, dict] = 'didb',
-                 ref_grid: Optional[Tuple[int, int]] = None,
-                 num_extra_tokens: int = 0,
+                 preset: Optional[BinaryPreset] = None,
+                 grid: Optional[TokenGrid] = None,
                  out_features: Optional[int] = None,
                  drop: float = 0.,
                  bias: bool = True) -> None:
         super().__init__()
-        preset = resolve_preset(preset)
+        preset = expect_preset(preset, 'BinaryMlp')
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
-        kw = dict(ref_grid=ref_grid, num_extra_tokens=num_extra_tokens)
         self.fc1 = BinaryLinearUnit(in_features, hidden_features, preset,
-                                    bias=bias, **kw)
+                                    bias=bias, grid=grid)
         # binary units carry their own activation; fp keeps timm's GELU
         self.act = nn.Identity() if preset.unit else nn.GELU()
         self.drop1 = nn.Dropout(drop)
         self.fc2 = BinaryLinearUnit(hidden_features, out_features, preset,
-                                    bias=bias, **kw)
+                                    bias=bias, grid=grid)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self,

@@ -2,7 +2,8 @@
 
 Shared by the Swin backbone (shifted windows on a token grid) and the ViT
 backbone (one global window, optionally with a CLS token). The module always
-receives the *full* token map ``(B, N, C)`` with ``N = num_extra_tokens + H*W``,
+receives the *full* token map ``(B, N, C)`` with ``N = extra + H*W`` (its
+:class:`~mmseg_didb.binary.rprelu.TokenGrid`),
 so the Haar split and the 8-neighbour DIBA term see the whole (unshifted,
 unpartitioned) map; windows are formed afterwards from q/k/v.
 
@@ -16,15 +17,14 @@ import torch
 import torch.nn as nn
 
 from mmseg_didb.binary.layers import BinaryLinearUnit
-from mmseg_didb.binary.presets import BinaryPreset, resolve_preset
+from mmseg_didb.binary.presets import BinaryPreset, expect_preset
+from mmseg_didb.binary.rprelu import GridLike, TokenGrid
 from .diba import DIBAggregation
 from .hfsc import HFSCSimilarity, act_binarizer
 from .tokens import (from_windows, merge_heads, split_heads, to_pair,
                      to_windows, window_attention_mask)
 
 __all__ = ['DIDBAttention', 'legacy_attention_key']
-
-PresetLike = Union[str, BinaryPreset, dict]
 
 # names of the first release, when the parts were attributes of the attention
 _LEGACY_NAMES = (
@@ -71,18 +71,19 @@ class DIDBAttention(nn.Module):
     Args:
         embed_dims: Channels ``C``.
         num_heads: Attention heads (must divide ``C``).
-        preset: Preset name, :class:`BinaryPreset` or dict (see
+        preset: The model's resolved :class:`BinaryPreset` (see
             :func:`mmseg_didb.binary.presets.resolve_preset`).
         qkv_bias: Bias in the q/k/v linears.
         attn_drop: Dropout on the attention probabilities (before their
             binarizer, so that ``Ab`` stays in ``{0, a}``).
         proj_drop: Dropout after ``proj``.
-        ref_grid: Reference token grid ``(H, W)`` of the per-token RPReLU terms
-            (the pretraining grid); required when the preset uses Token RPReLU.
-        num_extra_tokens: Leading tokens without a grid position (ViT CLS).
+        grid: Reference :class:`~mmseg_didb.binary.rprelu.TokenGrid` (the
+            pretraining grid and the extra tokens such as a ViT's CLS);
+            required when the preset uses static Token RPReLU or the tokens
+            hold extra ones.
         attn_tokens: Keys per query ``N`` (window area, or all tokens) at the
             reference size, for the start of ``a``. Default:
-            ``num_extra_tokens + H * W`` of ``ref_grid`` if given.
+            ``grid.num_tokens`` if given.
         prob_scale_init: Start value of ``a`` instead of ``1 / attn_tokens``
             (e.g. BinaryViT-Le's 0.005), for comparing the reconstruction.
         diba_scale_init: Start value of ``l_s`` (DIBA shortcut term).
@@ -92,18 +93,17 @@ class DIDBAttention(nn.Module):
     def __init__(self,
                  embed_dims: int,
                  num_heads: int,
-                 preset: PresetLike = 'didb',
+                 preset: BinaryPreset,
                  qkv_bias: bool = True,
                  attn_drop: float = 0.,
                  proj_drop: float = 0.,
-                 ref_grid: Optional[Tuple[int, int]] = None,
-                 num_extra_tokens: int = 0,
+                 grid: Optional[GridLike] = None,
                  attn_tokens: Optional[int] = None,
                  prob_scale_init: Optional[float] = None,
                  diba_scale_init: float = 1.0,
                  diba_local_init: float = 0.1) -> None:
         super().__init__()
-        preset = resolve_preset(preset)
+        preset = expect_preset(preset, type(self).__name__)
         if embed_dims % num_heads:
             raise ValueError(f'embed_dims={embed_dims} must be divisible by '
                              f'num_heads={num_heads}')
@@ -111,30 +111,33 @@ class DIDBAttention(nn.Module):
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.head_dims = embed_dims // num_heads
-        self.num_extra_tokens = num_extra_tokens
-        self.ref_grid = None if ref_grid is None else to_pair(ref_grid)
+        self.grid = grid = TokenGrid.of(grid)
+        extra = self.num_extra_tokens
 
         def unit(in_f: int, out_f: int, bias: bool = True) -> nn.Module:
-            return BinaryLinearUnit(
-                in_f, out_f, preset, bias=bias, ref_grid=self.ref_grid,
-                num_extra_tokens=num_extra_tokens)
+            return BinaryLinearUnit(in_f, out_f, preset, bias=bias, grid=grid)
 
         self.similarity = HFSCSimilarity(embed_dims, num_heads, preset, unit,
-                                         qkv_bias, num_extra_tokens)
+                                         qkv_bias, extra)
         self.v = unit(embed_dims, embed_dims, qkv_bias)
         self.v_quant = act_binarizer(preset, embed_dims)
-        if attn_tokens is None and self.ref_grid is not None:
-            attn_tokens = num_extra_tokens + self.ref_grid[0] * self.ref_grid[1]
+        if attn_tokens is None and grid is not None:
+            attn_tokens = grid.num_tokens
         attn_q = preset.attn_quantizer(attn_tokens, prob_scale_init)
         self.attn_quant = nn.Identity() if attn_q is None else attn_q
         self.attn_drop = nn.Dropout(attn_drop)
         self.aggregation = DIBAggregation(embed_dims, num_heads, preset,
                                           diba_scale_init, diba_local_init,
-                                          num_extra_tokens)
+                                          extra)
         self.proj = unit(embed_dims, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop)
         # set by mmseg_didb.deploy.convert_to_packed: bit-packed Q K^T, Ab V
         self.binary_matmuls: Optional[nn.Module] = None
+
+    @property
+    def num_extra_tokens(self) -> int:
+        """Leading tokens without a grid position (from ``grid``)."""
+        return 0 if self.grid is None else self.grid.num_extra
 
     @property
     def hfsc(self) -> str:
@@ -219,7 +222,7 @@ class DIDBAttention(nn.Module):
             window_size: None for one global window (ViT); else the (clamped)
                 window ``(wh, ww)``; the map is zero-padded to a multiple of it
                 (right/bottom), cyclically shifted by ``shift_size`` and
-                partitioned (Swin). Windows need ``num_extra_tokens == 0``.
+                partitioned (Swin). Windows need a grid without extra tokens.
             shift_size: Cyclic shift ``(sh, sw)`` (0: no shift).
             rel_pos_bias: ``(num_heads, N_win, N_win)`` bias added to scores.
             attn_mask: Precomputed :func:`~.tokens.window_attention_mask`

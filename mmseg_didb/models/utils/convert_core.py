@@ -24,7 +24,7 @@ from ..layers.didb_attention import legacy_attention_key
 
 __all__ = [
     'FP_ATTN_UNITS', 'split_qkv', 'head_half', 'route_qk', 'fill_init_only',
-    'upgrade_legacy_keys'
+    'stem_key', 'upgrade_legacy_keys'
 ]
 
 Tensor = torch.Tensor
@@ -138,13 +138,20 @@ def fill_init_only(out: Dict[str, Tensor], model_sd: Mapping[str, Tensor],
     return kept
 
 
+def stem_key(key: str) -> str:
+    """The backbones' stem is timm's ``PatchEmbed``: mmseg's (and the first
+    release's ViT) ``patch_embed.projection.*`` is ``patch_embed.proj.*``."""
+    return re.sub(r'^patch_embed\.projection\.', 'patch_embed.proj.', key)
+
+
 def upgrade_legacy_keys(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Rename the attention entries of a first-release checkpoint (see
-    :func:`~mmseg_didb.models.layers.legacy_attention_key`)."""
+    """Rename the entries of a first-release checkpoint: the attention parts
+    (see :func:`~mmseg_didb.models.layers.legacy_attention_key`) and the ViT
+    stem (:func:`stem_key`)."""
     out = {}
     for k, v in sd.items():
         m = _ATTN_KEY.match(k)
         if m:
             k = f"{m.group('attn')}.{legacy_attention_key(m.group('name'))}"
-        out[k] = v
+        out[stem_key(k)] = v
     return out

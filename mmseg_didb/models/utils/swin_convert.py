@@ -34,7 +34,7 @@ import torch
 from timm.layers import resize_rel_pos_bias_table
 
 from .convert_core import (FP_ATTN_UNITS, fill_init_only, route_qk,
-                           split_qkv, upgrade_legacy_keys)
+                           split_qkv, stem_key, upgrade_legacy_keys)
 
 __all__ = [
     'SWIN_LAYOUTS', 'detect_swin_layout', 'to_fp_layout', 'adapt_to_model',
@@ -116,8 +116,7 @@ def _mmseg_to_timm(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         k = k.replace('.attn.w_msa.', '.attn.')
         k = k.replace('.ffn.layers.0.0.', '.mlp.fc1.')
         k = k.replace('.ffn.layers.1.', '.mlp.fc2.')
-        k = k.replace('patch_embed.projection.', 'patch_embed.proj.')
-        out[k] = v
+        out[stem_key(k)] = v
     return out
 
 

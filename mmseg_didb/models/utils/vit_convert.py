@@ -35,10 +35,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from mmseg_didb.binary.rprelu import resize_token_map
+from mmseg_didb.binary.rprelu import GridLike, TokenGrid, resize_token_map
 from .checkpoint import unwrap_state_dict
 from .convert_core import (FP_ATTN_UNITS, fill_init_only, route_qk,
-                           split_qkv, upgrade_legacy_keys)
+                           split_qkv, stem_key, upgrade_legacy_keys)
 
 __all__ = [
     'FP_KEY_PATTERN', 'is_fp_key', 'detect_layout', 'to_fp_layout',
@@ -55,7 +55,7 @@ CLASSIFICATION_ONLY = ('head.', 'head_dist.', 'pre_logits.', 'fc_norm.')
 #: DIDBViT keys an FP (timm / DeiT / mmseg) checkpoint can provide; every
 #: other key of a DIDBViT state dict is binary-only.
 FP_KEY_PATTERN = re.compile(
-    r'^(patch_embed\.projection\.(weight|bias)|cls_token|pos_embed'
+    r'^(patch_embed\.proj\.(weight|bias)|cls_token|pos_embed'
     r'|norm\.(weight|bias)'
     r'|layers\.\d+\.(norm1|norm2)\.(weight|bias)'
     r'|layers\.\d+\.' + FP_ATTN_UNITS +
@@ -98,8 +98,7 @@ def _timm_to_fp(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     for k, v in sd.items():
         m = re.match(r'blocks\.(\d+)\.(.+)$', k)
         if m is None:
-            new = k.replace('patch_embed.proj.', 'patch_embed.projection.')
-            out[new] = v
+            out[k] = v
             continue
         i, rest = m.groups()
         base = f'layers.{i}'
@@ -132,7 +131,7 @@ def _mmseg_to_fp(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         m = re.match(r'layers\.(\d+)\.(.+)$', k)
         if m is None:
             # mmseg names the final norm "ln1" at the top level.
-            out[re.sub(r'^ln1\.', 'norm.', k)] = v
+            out[stem_key(re.sub(r'^ln1\.', 'norm.', k))] = v
             continue
         i, rest = m.groups()
         qkv = re.match(r'attn\.attn\.in_proj_(weight|bias)$', rest)
@@ -175,26 +174,26 @@ def to_fp_layout(sd: Mapping[str, Tensor],
 
 
 def _square_grid(num_tokens: int, candidates: Sequence[int],
-                 key: str) -> Tuple[Tuple[int, int], int]:
-    """Infer (grid, extra) of a square token grid from a token count."""
+                 key: str) -> TokenGrid:
+    """Infer the square token grid (and its extra tokens) of a count."""
     for extra in candidates:
         side = math.isqrt(max(num_tokens - extra, 0))
         if side > 0 and side * side == num_tokens - extra:
-            return (side, side), extra
+            return TokenGrid((side, side), extra)
     raise ValueError(
         f'{key}: cannot infer the token grid of {num_tokens} tokens (not a '
         'square grid plus extra tokens). Pass src_grid=(H, W) of the '
         'checkpoint\'s pretraining grid.')
 
 
-def infer_token_grid(num_tokens: int) -> Tuple[Tuple[int, int], int]:
-    """``((H, W), extra)`` of a square position embedding of ``num_tokens``
-    rows (1 CLS row, 2 for distilled DeiT, or none)."""
+def infer_token_grid(num_tokens: int) -> TokenGrid:
+    """The :class:`TokenGrid` of a square position embedding of
+    ``num_tokens`` rows (1 CLS row, 2 for distilled DeiT, or none)."""
     return _square_grid(num_tokens, (1, 2, 0), 'pos_embed')
 
 
 def _fit_grid_param(key: str, v: Tensor, target_shape: torch.Size,
-                    dst_grid: Tuple[int, int], dst_extra: int, mode: str,
+                    dst: TokenGrid, mode: str,
                     src_grid: Optional[Tuple[int, int]],
                     src_extra_candidates: Sequence[int]) -> Tensor:
     if src_grid is not None:
@@ -203,16 +202,17 @@ def _fit_grid_param(key: str, v: Tensor, target_shape: torch.Size,
             raise ValueError(f'{key}: {v.shape[1]} tokens cannot hold the '
                              f'given src_grid {tuple(src_grid)}.')
     else:
-        src_grid, src_extra = _square_grid(v.shape[1], src_extra_candidates,
-                                           key)
+        found = _square_grid(v.shape[1], src_extra_candidates, key)
+        src_grid, src_extra = found.size, found.num_extra
     # CLS rows: keep the common ones, drop a distillation token, add zeros
     # (the init value of token maps) where the target has more.
+    dst_extra = dst.num_extra
     if src_extra > dst_extra:
         v = torch.cat([v[:, :dst_extra], v[:, src_extra:]], dim=1)
     elif src_extra < dst_extra:
         pad = v.new_zeros(1, dst_extra - src_extra, v.shape[2])
         v = torch.cat([v[:, :src_extra], pad, v[:, src_extra:]], dim=1)
-    v = resize_token_map(v, src_grid, dst_grid, dst_extra, mode)
+    v = resize_token_map(v, TokenGrid(src_grid, dst_extra), dst.size, mode)
     if v.shape != target_shape:
         raise ValueError(f'{key}: resized to {tuple(v.shape)}, but the model '
                          f'expects {tuple(target_shape)}.')
@@ -221,8 +221,7 @@ def _fit_grid_param(key: str, v: Tensor, target_shape: torch.Size,
 
 def adapt_to_model(sd: Mapping[str, Tensor],
                    target_shapes: Mapping[str, torch.Size],
-                   grid: Tuple[int, int],
-                   num_extra_tokens: int = 1,
+                   grid: GridLike,
                    num_heads: Optional[int] = None,
                    interpolate_mode: str = 'bicubic',
                    token_map_mode: str = 'bilinear',
@@ -233,9 +232,10 @@ def adapt_to_model(sd: Mapping[str, Tensor],
     Args:
         sd: Output of :func:`to_fp_layout`.
         target_shapes: The model's ``{key: shape}`` (from its state dict).
-        grid: The model's reference token grid (``img_size // patch_size``).
-        num_extra_tokens: CLS tokens of the model's Token RPReLU maps (the
-            position embedding always holds one CLS row, as in mmseg).
+        grid: The model's reference :class:`TokenGrid` (``img_size //
+            patch_size`` and the CLS tokens of its Token RPReLU maps; the
+            position embedding always holds one CLS row, as in mmseg). A
+            pair ``(H, W)`` means one CLS token.
         num_heads: Attention heads; needed for ``hfsc='split'`` targets.
         interpolate_mode: Resize mode of the position embedding.
         token_map_mode: Resize mode of the Token RPReLU maps (bilinear, as
@@ -248,6 +248,7 @@ def adapt_to_model(sd: Mapping[str, Tensor],
         classification heads, the distillation token, and the final ``norm``
         when the model has none (``final_norm=False``).
     """
+    grid = TokenGrid.of(grid, num_extra=1)
     out: Dict[str, Tensor] = {}
     dropped: List[str] = []
     for k, v in sd.items():
@@ -263,21 +264,19 @@ def adapt_to_model(sd: Mapping[str, Tensor],
     if 'pos_embed' in out and 'pos_embed' in target_shapes:
         # timm DeiT-distilled has 2 prefix rows, plain ViT/DeiT 1.
         out['pos_embed'] = _fit_grid_param(
-            'pos_embed', out['pos_embed'], target_shapes['pos_embed'], grid,
-            1, interpolate_mode, src_grid, (1, 2, 0))
+            'pos_embed', out['pos_embed'], target_shapes['pos_embed'],
+            TokenGrid(grid.size, 1), interpolate_mode, src_grid, (1, 2, 0))
     for k in list(out):
         if k.rsplit('.', 1)[-1] in TOKEN_MAP_NAMES and k in target_shapes \
                 and out[k].shape != target_shapes[k]:
             out[k] = _fit_grid_param(k, out[k], target_shapes[k], grid,
-                                     num_extra_tokens, token_map_mode,
-                                     src_grid, (1, 0))
+                                     token_map_mode, src_grid, (1, 0))
     return out, dropped
 
 
 def convert_vit_state_dict(sd: Mapping[str, Tensor],
                            model_sd: Mapping[str, Tensor],
-                           grid: Tuple[int, int],
-                           num_extra_tokens: int = 1,
+                           grid: GridLike,
                            num_heads: Optional[int] = None,
                            interpolate_mode: str = 'bicubic',
                            src_grid: Optional[Tuple[int, int]] = None
@@ -290,7 +289,7 @@ def convert_vit_state_dict(sd: Mapping[str, Tensor],
     Args:
         sd: Plain state dict (unwrapped, prefix stripped).
         model_sd: The target model's state dict.
-        grid, num_extra_tokens, num_heads, interpolate_mode, src_grid: see
+        grid, num_heads, interpolate_mode, src_grid: see
             :func:`adapt_to_model`.
 
     Returns:
@@ -301,16 +300,15 @@ def convert_vit_state_dict(sd: Mapping[str, Tensor],
     layout = detect_layout(sd)
     shapes = {k: v.shape for k, v in model_sd.items()}
     out, dropped = adapt_to_model(
-        to_fp_layout(sd, layout), shapes, grid, num_extra_tokens,
-        num_heads, interpolate_mode, src_grid=src_grid)
+        to_fp_layout(sd, layout), shapes, grid, num_heads, interpolate_mode,
+        src_grid=src_grid)
     kept = fill_init_only(out, model_sd, is_fp_key)
     return out, dict(layout=layout, dropped=dropped, kept_init=kept)
 
 
 def convert_vit_checkpoint(checkpoint: Mapping,
                            model_sd: Mapping[str, Tensor],
-                           grid: Tuple[int, int],
-                           num_extra_tokens: int = 1,
+                           grid: GridLike,
                            num_heads: Optional[int] = None,
                            prefix: Optional[str] = None,
                            interpolate_mode: str = 'bicubic',
@@ -319,5 +317,5 @@ def convert_vit_checkpoint(checkpoint: Mapping,
     """Unwrap a checkpoint (``{'model': ...}``, ``{'state_dict': ...}``,
     ``backbone.`` prefix) and :func:`convert_vit_state_dict` it."""
     return convert_vit_state_dict(
-        unwrap_state_dict(checkpoint, prefix), model_sd, grid,
-        num_extra_tokens, num_heads, interpolate_mode, src_grid)
+        unwrap_state_dict(checkpoint, prefix), model_sd, grid, num_heads,
+        interpolate_mode, src_grid)
