@@ -17,7 +17,7 @@ The backbone part of the resulting checkpoint (keys ``backbone.*``) loads
 into the segmentation backbone strictly with
 ``init_cfg=dict(type='Pretrained', checkpoint=PATH, prefix='backbone.')``.
 """
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from mmpretrain.models import ImageClassifier
@@ -75,26 +75,9 @@ class BinaryImageClassifier(BinaryModelMixin, ImageClassifier):
 
     binary_components = ('backbone', 'neck', 'head')
 
-    def __init__(self,
-                 backbone: dict,
-                 neck: Optional[dict] = None,
-                 head: Optional[dict] = None,
-                 pretrained: Optional[str] = None,
-                 train_cfg: Optional[dict] = None,
-                 data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None,
-                 grs: Optional[dict] = None,
-                 binarize: Optional[dict] = None,
-                 distill: Optional[dict] = None) -> None:
-        super().__init__(
-            backbone=backbone,
-            neck=neck,
-            head=head,
-            pretrained=pretrained,
-            train_cfg=train_cfg,
-            data_preprocessor=data_preprocessor,
-            init_cfg=init_cfg)
-        self.init_binary_extras(grs, binarize)
+    def __init__(self, *args: Any, distill: Optional[dict] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.distill = self._check_distill(distill)
         # a plain list keeps the teacher out of the module tree (and out of
         # the checkpoint)

@@ -9,7 +9,7 @@ the classifier of the mmpretrain integration
 (:class:`mmseg_didb.integrations.mmpretrain.BinaryImageClassifier`) both use
 it, so ``grs`` and ``binarize`` mean the same in both.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from mmengine.logging import MessageHub, print_log
 from torch import Tensor, nn
@@ -46,12 +46,19 @@ class BinaryModelMixin:
       training. The switches are instance state, not parameters, so both
       stages' checkpoints have identical keys.
 
-    A subclass names its components in ``binary_components`` and calls
-    :meth:`init_binary_extras` at the end of ``__init__``.
+    The mixin comes first in the bases: its ``__init__`` takes ``grs`` and
+    ``binarize`` and passes every other argument to the OpenMMLab model,
+    which is then built as usual. A subclass names its components in
+    ``binary_components``.
     """
 
     #: attribute names of the components whose preset can switch GRS on
     binary_components: Sequence[str] = ()
+
+    def __init__(self, *args: Any, grs: Optional[dict] = None,
+                 binarize: Optional[dict] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.init_binary_extras(grs, binarize)
 
     def init_binary_extras(self, grs: Optional[dict],
                            binarize: Optional[dict]) -> None:

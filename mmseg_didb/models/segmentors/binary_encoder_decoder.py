@@ -5,8 +5,7 @@ import torch
 
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
-from mmseg.utils import (ConfigType, OptConfigType, OptMultiConfig,
-                         OptSampleList, SampleList)
+from mmseg.utils import OptSampleList, SampleList
 from torch import Tensor
 
 from ..binary_model import BINARIZE_KEYS, DEFAULT_GRS, BinaryModelMixin
@@ -43,30 +42,6 @@ class BinaryEncoderDecoder(BinaryModelMixin, EncoderDecoder):
     """
 
     binary_components = ('backbone', 'neck', 'decode_head', 'auxiliary_head')
-
-    def __init__(self,
-                 backbone: ConfigType,
-                 decode_head: ConfigType,
-                 neck: OptConfigType = None,
-                 auxiliary_head: OptConfigType = None,
-                 train_cfg: OptConfigType = None,
-                 test_cfg: OptConfigType = None,
-                 data_preprocessor: OptConfigType = None,
-                 pretrained: Optional[str] = None,
-                 init_cfg: OptMultiConfig = None,
-                 grs: Optional[dict] = None,
-                 binarize: Optional[dict] = None) -> None:
-        super().__init__(
-            backbone=backbone,
-            decode_head=decode_head,
-            neck=neck,
-            auxiliary_head=auxiliary_head,
-            train_cfg=train_cfg,
-            test_cfg=test_cfg,
-            data_preprocessor=data_preprocessor,
-            pretrained=pretrained,
-            init_cfg=init_cfg)
-        self.init_binary_extras(grs, binarize)
 
     # a data-dependent Python check: torch.compile runs it eagerly
     @torch.compiler.disable
