@@ -18,6 +18,7 @@ from mmseg_didb.binary import binarization_state, grs_loss
 from mmseg_didb.models.losses import PixelKDLoss, pixel_kd_loss
 from mmseg_didb.models.segmentors import (BinaryEncoderDecoder,
                                           DistillEncoderDecoder)
+from mmseg_didb.models.utils import CheckpointMismatchError
 
 torch.set_num_threads(1)
 init_default_scope('mmseg')
@@ -241,7 +242,8 @@ def test_teacher_checkpoint_loads_and_input_renormalisation(tmp_path):
 def test_teacher_errors(tmp_path):
     with pytest.raises(ValueError, match='teacher_checkpoint'):
         MODELS.build(student_cfg(allow_random_teacher=False))
-    with pytest.raises(FileNotFoundError, match='Teacher checkpoint'):
+    with pytest.raises(FileNotFoundError,
+                       match='does not exist.*teacher_checkpoint must be'):
         MODELS.build(student_cfg(
             teacher_checkpoint=str(tmp_path / 'no.pth'))).teacher
     with pytest.raises(ValueError, match='classes'):
@@ -253,7 +255,8 @@ def test_teacher_errors(tmp_path):
     state = build(teacher_cfg()).state_dict()
     state.pop('decode_head.conv_seg.bias')
     torch.save({'state_dict': state}, bad)
-    with pytest.raises(KeyError, match='missing keys'):
+    with pytest.raises(CheckpointMismatchError,
+                       match='1 missing keys.*conv_seg.bias.*teacher_config'):
         build(student_cfg(teacher_checkpoint=str(bad))).teacher
     with pytest.warns(UserWarning, match='RANDOM'):
         MODELS.build(student_cfg()).teacher

@@ -39,7 +39,8 @@ from mmseg_didb.analysis import (build_segmentor, fp_counterpart,  # noqa
 from mmseg_didb.analysis.export import (FORMAT, load_packed,  # noqa: E402
                                         read_packed, save_packed)
 from mmseg_didb.deploy import convert_to_packed, kernel_variant  # noqa: E402
-from mmseg_didb.models.utils import read_checkpoint, read_state_dict  # noqa
+from mmseg_didb.models.utils import (  # noqa: E402
+    load_whole_checkpoint, read_checkpoint, resolve_checkpoint_path)
 
 
 def parse_args(argv=None):
@@ -64,14 +65,12 @@ def load_trained(model: torch.nn.Module, path: str,
                  allow_unsafe: bool = False) -> str:
     """Load a training checkpoint or a packed export (weights-only
     unpickling unless ``allow_unsafe``); return which."""
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint "{path}" does not exist')
-    ckpt = read_checkpoint(path, allow_unsafe=allow_unsafe)
+    ckpt = read_checkpoint(resolve_checkpoint_path(path),
+                           allow_unsafe=allow_unsafe)
     if isinstance(ckpt, dict) and ckpt.get('format') == FORMAT:
         load_packed(model, read_packed(ckpt))
         return 'packed export'
-    model.load_state_dict(
-        read_state_dict(path, allow_unsafe=allow_unsafe), strict=True)
+    load_whole_checkpoint(model, ckpt)
     return 'training checkpoint'
 
 

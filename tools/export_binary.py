@@ -35,7 +35,7 @@ from mmseg_didb.analysis import build_segmentor, load_config  # noqa: E402
 from mmseg_didb.analysis.complexity import analysis_view  # noqa: E402
 from mmseg_didb.analysis.export import (build_from_packed,  # noqa: E402
                                         save_packed)
-from mmseg_didb.models.utils import read_state_dict  # noqa: E402
+from mmseg_didb.models.utils import load_whole_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -58,10 +58,7 @@ def load_weights(model: torch.nn.Module, path: str,
                  allow_unsafe: bool = False) -> None:
     """Load a state dict (raw, or mmengine's ``state_dict`` entry), strictly,
     with weights-only unpickling unless ``allow_unsafe``."""
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint "{path}" does not exist')
-    model.load_state_dict(read_state_dict(path, allow_unsafe=allow_unsafe),
-                          strict=True)
+    load_whole_checkpoint(model, path, allow_unsafe=allow_unsafe)
 
 
 def main(argv=None) -> dict:

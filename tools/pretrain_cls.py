@@ -55,8 +55,8 @@ from mmseg_didb.compat import add_unsafe_load_argument  # noqa: E402
 from mmseg_didb.binary import (GRSSchedule, grs_loss,  # noqa: E402
                                set_binarization)
 from mmseg_didb.models.losses import pixel_kd_loss  # noqa: E402
-from mmseg_didb.models.utils import (read_checkpoint,  # noqa: E402
-                                     read_state_dict)
+from mmseg_didb.models.utils import (  # noqa: E402
+    CheckpointMismatchError, load_whole_checkpoint, read_checkpoint)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -175,20 +175,15 @@ def load_weights(model: nn.Module, path: str,
                  allow_unsafe: bool = False) -> None:
     """Load a timm / own checkpoint, every key matched (weights-only
     unpickling unless ``allow_unsafe``)."""
-    if not osp.isfile(path):
-        raise SystemExit(f'Checkpoint {path} not found (no download is '
-                         'attempted; give a local file).')
-    # an EMA copy, when saved, is the model to continue from
-    state = read_state_dict(
-        path, ('state_dict_ema', 'model_ema', 'state_dict', 'model'),
-        allow_unsafe=allow_unsafe)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise SystemExit(
-            f'{path} does not match {type(model).__name__}: missing '
-            f'{missing[:6]}, unexpected {unexpected[:6]} ({len(missing)} / '
-            f'{len(unexpected)} keys). Check the model name and its '
-            '--*-kwargs against the checkpoint.')
+    try:
+        # an EMA copy, when saved, is the model to continue from
+        load_whole_checkpoint(
+            model, path, ('state_dict_ema', 'model_ema', 'state_dict',
+                          'model'), allow_unsafe=allow_unsafe,
+            hint='Give a local file (nothing is downloaded) made for this '
+            'model name and its --*-kwargs.')
+    except (FileNotFoundError, CheckpointMismatchError) as err:
+        raise SystemExit(str(err)) from err
 
 
 def build_teacher(args, num_classes: int) -> Optional[nn.Module]:

@@ -29,6 +29,7 @@ from mmseg_didb.models.binary_model import BinaryModelMixin
 from mmseg_didb.models.losses import pixel_kd_loss
 from mmseg_didb.models.segmentors.distill_encoder_decoder import (
     load_teacher_checkpoint, load_teacher_config)
+from mmseg_didb.models.utils.config import option_dict
 
 __all__ = ['BinaryImageClassifier', 'DISTILL_DEFAULTS']
 
@@ -87,14 +88,9 @@ class BinaryImageClassifier(BinaryModelMixin, ImageClassifier):
     def _check_distill(distill: Optional[dict]) -> Optional[dict]:
         if distill is None:
             return None
-        if not isinstance(distill, dict):
-            raise TypeError('distill must be None or dict(teacher=..., '
-                            f'checkpoint=...), got {distill!r}.')
-        unknown = set(distill) - set(DISTILL_DEFAULTS)
-        if unknown:
-            raise ValueError(f'Unknown distill keys {sorted(unknown)}; valid '
-                             f'keys are {list(DISTILL_DEFAULTS)}.')
-        cfg = dict(DISTILL_DEFAULTS, **distill)
+        cfg = dict(DISTILL_DEFAULTS, **option_dict(
+            'distill', distill, DISTILL_DEFAULTS,
+            'dict(teacher=..., checkpoint=...)'))
         if cfg['teacher'] is None or cfg['checkpoint'] is None:
             raise ValueError(
                 'distill needs teacher= (an mmpretrain config or model dict) '

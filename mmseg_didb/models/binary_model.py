@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..binary import (BinaryPreset, GRSSchedule, binary_weight_layers,
                       grs_loss, set_binarization)
 from ..binary.switch import KINDS
+from .utils.config import option_dict
 
 __all__ = ['BinaryModelMixin', 'BINARIZE_KEYS', 'DEFAULT_GRS']
 
@@ -123,16 +124,9 @@ class BinaryModelMixin:
 
     @staticmethod
     def _check_binarize(binarize: Optional[dict]) -> Dict[str, bool]:
-        if binarize is None:
-            return {}
-        if not isinstance(binarize, dict):
-            raise TypeError('binarize must be a dict such as '
-                            f'dict(weights=False), got {binarize!r}.')
-        unknown = set(binarize) - set(BINARIZE_KEYS)
-        if unknown:
-            raise ValueError(f'Unknown binarize keys {sorted(unknown)}; '
-                             f'valid keys are {list(BINARIZE_KEYS)}.')
-        return {k: bool(v) for k, v in binarize.items() if v is not None}
+        options = option_dict('binarize', binarize, BINARIZE_KEYS,
+                              'dict(weights=False)')
+        return {k: bool(v) for k, v in options.items() if v is not None}
 
     @staticmethod
     def current_iter() -> int:

@@ -12,8 +12,8 @@ from mmseg.utils import ConfigType, SampleList, add_prefix
 from torch import Tensor
 
 from ..losses import PixelKDLoss
-from ..utils.checkpoint import read_state_dict
-from ..utils.config import package_config_path
+from ..utils.checkpoint import load_whole_checkpoint
+from ..utils.config import option_dict, package_config_path
 from .binary_encoder_decoder import BinaryEncoderDecoder
 
 
@@ -52,20 +52,12 @@ def load_teacher_checkpoint(teacher: nn.Module, checkpoint: str,
                             allow_unsafe: bool = False) -> None:
     """Load a segmentor checkpoint into the teacher, every key matched
     (weights-only unpickling unless ``allow_unsafe``)."""
-    if not osp.isfile(checkpoint):
-        raise FileNotFoundError(
-            f'Teacher checkpoint {checkpoint!r} not found. Train the FP '
-            'teacher first (its work_dir holds iter_*.pth) or download the '
-            "mmseg model-zoo checkpoint of the teacher's config, and set "
-            'teacher_checkpoint to the local file.')
-    state = read_state_dict(checkpoint, allow_unsafe=allow_unsafe)
-    missing, unexpected = teacher.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise KeyError(
-            f'Teacher checkpoint {checkpoint} does not match the teacher '
-            f'config: missing keys {missing[:8]}, unexpected keys '
-            f'{unexpected[:8]} ({len(missing)} / {len(unexpected)} in all). '
-            'Use the config the checkpoint was trained with.')
+    load_whole_checkpoint(
+        teacher, checkpoint, allow_unsafe=allow_unsafe,
+        hint='teacher_checkpoint must be the local file of a model trained '
+        "with teacher_config: train the FP teacher first (its work_dir holds "
+        "iter_*.pth) or download the mmseg model-zoo checkpoint of the "
+        "teacher's config.")
 
 
 def _channel_conversion(preprocessor: nn.Module) -> bool:
@@ -124,13 +116,9 @@ class DistillEncoderDecoder(BinaryEncoderDecoder):
                  teacher_allow_unsafe_load: bool = False,
                  **kwargs) -> None:
         super().__init__(backbone=backbone, decode_head=decode_head, **kwargs)
-        distill = dict(distill or {})
-        unknown = set(distill) - {'temperature', 'weight', 'mode',
-                                  'mask_ignored'}
-        if unknown:
-            raise ValueError(
-                f'Unknown distill keys {sorted(unknown)}; valid keys are '
-                "['temperature', 'weight', 'mode', 'mask_ignored'].")
+        distill = option_dict('distill', distill,
+                              ('temperature', 'weight', 'mode',
+                               'mask_ignored'), "dict(mode='kl')")
         self.mask_ignored = bool(distill.pop('mask_ignored', False))
         self.kd_loss = PixelKDLoss(
             temperature=distill.get('temperature', 1.0),

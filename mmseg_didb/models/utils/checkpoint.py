@@ -22,7 +22,8 @@ __all__ = [
     'UnsafeCheckpointError', 'UNSAFE_OPT_IN',
     'read_checkpoint', 'read_state_dict',
     'unwrap_state_dict',
-    'load_checkpoint_strict', 'resolve_checkpoint_path',
+    'load_checkpoint_strict', 'load_whole_checkpoint',
+    'resolve_checkpoint_path',
     'StrictPretrainedMixin'
 ]
 
@@ -89,7 +90,8 @@ def read_checkpoint(path: str, map_location: Any = 'cpu',
     unpickling it could run arbitrary code.
 
     Args:
-        path: Local checkpoint file.
+        checkpoint: Local checkpoint file, or the checkpoint already read
+            from it (:func:`read_checkpoint`).
         map_location: Passed to ``torch.load``.
         allow_unsafe: Fall back to a full unpickle for a refused file (an
             explicit opt-in for trusted files; logged as a warning).
@@ -138,14 +140,19 @@ def read_state_dict(path: str,
         UnsafeCheckpointError: see :func:`read_checkpoint`
             (``allow_unsafe`` opts in).
     """
-    state = read_checkpoint(path, allow_unsafe=allow_unsafe)
+    return _whole_state_dict(read_checkpoint(path, allow_unsafe=allow_unsafe),
+                             keys, path)
+
+
+def _whole_state_dict(state: Any, keys: Sequence[str],
+                      source: str) -> Dict[str, Any]:
     if isinstance(state, Mapping):
         for key in keys:
             if isinstance(state.get(key), Mapping):
                 state = state[key]
                 break
     if not isinstance(state, Mapping):
-        raise ValueError(f'{path} holds no state dict')
+        raise ValueError(f'{source} holds no state dict')
     return {(k[len('module.'):] if k.startswith('module.') else k): v
             for k, v in state.items()}
 
@@ -195,6 +202,52 @@ def _short(keys: Sequence[str], limit: int = 20) -> str:
     keys = sorted(keys)
     more = f' ... (+{len(keys) - limit} more)' if len(keys) > limit else ''
     return ', '.join(keys[:limit]) + more
+
+
+def _check_all_matched(model: nn.Module, source: str,
+                       missing: Sequence[str], unexpected: Sequence[str],
+                       hint: str = '') -> None:
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f'{source} does not match {type(model).__name__}: '
+            f'{len(missing)} missing keys [{_short(missing)}]; '
+            f'{len(unexpected)} unexpected keys [{_short(unexpected)}]'
+            + (f'. {hint}' if hint else ''))
+
+
+def load_whole_checkpoint(model: nn.Module, checkpoint: Union[str, Mapping],
+                          keys: Sequence[str] = ('state_dict', ),
+                          hint: str = '',
+                          allow_unsafe: bool = False) -> None:
+    """Load a whole-model checkpoint file (a segmentor, a classifier, a
+    teacher) into ``model``, every key matched.
+
+    Unlike :func:`load_checkpoint_strict` no ``backbone.`` selection is made
+    (see :func:`read_state_dict`).
+
+    Args:
+        model: Module to load into.
+        path: Local checkpoint file.
+        keys: Entries that may hold the state dict, first match wins.
+        hint: What to do about a missing file or a mismatch (appended to the
+            message).
+        allow_unsafe: Opt-in to full unpickling (trusted files only).
+
+    Raises:
+        FileNotFoundError: missing file (or a URL).
+        CheckpointMismatchError: model keys left unloaded, or checkpoint
+            keys the model does not have.
+    """
+    if isinstance(checkpoint, str):
+        source = checkpoint
+        state = read_state_dict(resolve_checkpoint_path(checkpoint, hint),
+                                keys, allow_unsafe=allow_unsafe)
+    else:
+        source, state = 'checkpoint', _whole_state_dict(checkpoint, keys,
+                                                         'checkpoint')
+    result = model.load_state_dict(state, strict=False)
+    _check_all_matched(model, source, result.missing_keys,
+                       result.unexpected_keys, hint)
 
 
 def load_checkpoint_strict(model: nn.Module,
@@ -254,11 +307,7 @@ def load_checkpoint_strict(model: nn.Module,
             f'look like {_short(list(own), 8)}. Check the checkpoint format '
             'and the prefix (a segmentor checkpoint needs '
             "prefix='backbone.').")
-    if missing or unexpected:
-        raise CheckpointMismatchError(
-            f'{source} does not match {type(model).__name__}: '
-            f'{len(missing)} missing keys [{_short(missing)}]; '
-            f'{len(unexpected)} unexpected keys [{_short(unexpected)}]')
+    _check_all_matched(model, source, missing, unexpected)
     print_log(f'loaded {source} into {type(model).__name__} '
               f'({len(own) - len(result.missing_keys)} keys)', logger=logger)
     return dict(missing_keys=tolerated)
