@@ -133,6 +133,21 @@ default_hooks = dict(logger=dict(interval=1),
 """
 
 
+def mmseg_converter(script: str) -> Callable:
+    """The ``convert_*`` function of one of mmseg's own checkpoint converter
+    scripts, as shipped in its wheel (``.mim/tools/model_converters/``),
+    e.g. ``mmseg_converter('swin2mmseg')``."""
+    import importlib.util
+
+    import mmseg
+    path = os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'tools',
+                        'model_converters', f'{script}.py')
+    spec = importlib.util.spec_from_file_location(script, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, 'convert_' + script.split('2')[0])
+
+
 def write_binary_config(path: Path, data_root: Path, preset: str = 'didb',
                         norm: str = 'BN', iters: int = 3,
                         ckpt_interval: int = 3, num_classes: int = 8,

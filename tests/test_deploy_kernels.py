@@ -148,6 +148,18 @@ def randomise(layer, x):
             layer.bias.uniform_(-1, 1)
 
 
+def check_packed(packed_cls, layer, x, name, atol):
+    """The packed layer (kernel variant ``name``) built from the randomised
+    fake-quantized ``layer`` gives its outputs on ``x``."""
+    randomise(layer, x)
+    with variant(name):
+        packed = packed_cls.from_binary(layer)
+        with torch.no_grad():
+            got, want = packed(x), layer(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=atol)
+
+
 @pytest.mark.parametrize('name', VARIANTS)
 @pytest.mark.parametrize('weight', sorted(WEIGHT))
 @pytest.mark.parametrize('act', sorted(ACT))
@@ -156,13 +168,7 @@ def test_packed_linear_equals_fake_quantized(name, weight, act):
     layer = BinaryLinear(70, 33, weight_quantizer=weight,
                          input_quantizer=act)
     x = torch.randn(2, 5, 70) * 2
-    randomise(layer, x)
-    with variant(name):
-        packed = PackedBinaryLinear.from_binary(layer)
-        with torch.no_grad():
-            got, want = packed(x), layer(x)
-    assert got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    check_packed(PackedBinaryLinear, layer, x, name, atol=1e-5)
 
 
 @pytest.mark.parametrize('name', VARIANTS)
@@ -180,13 +186,7 @@ def test_packed_conv_equals_fake_quantized(name, weight, act):
             weight_quantizer=preset.weight_quantizer(),
             input_quantizer=preset.act_quantizer(66, 1, input_scale=True))
         x = torch.randn(2, 66, *hw) * 3
-        randomise(layer, x)
-        with variant(name):
-            packed = PackedBinaryConv2d.from_binary(layer)
-            with torch.no_grad():
-                got, want = packed(x), layer(x)
-        assert got.shape == want.shape
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+        check_packed(PackedBinaryConv2d, layer, x, name, atol=1e-4)
 
 
 def test_packed_conv_folds_batchnorm():

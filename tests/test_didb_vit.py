@@ -10,6 +10,7 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
+from conftest import mmseg_converter
 import mmseg_didb  # noqa: F401
 from mmengine.registry import init_default_scope
 from mmseg_didb.binary.presets import PRESETS, resolve_preset
@@ -214,8 +215,7 @@ def test_fp_load_layouts_match_timm(tmp_path, layout):
     sd = ref.state_dict()
     prefix = None
     if layout == 'mmseg':
-        from test_vit_convert import _vit2mmseg
-        sd = _vit2mmseg()(sd)
+        sd = mmseg_converter('vit2mmseg')(sd)
     elif layout == 'segmentor':  # own checkpoint saved by a segmentor
         own = _tiny('fp', final_norm=True)
         own.load_state_dict(sd)  # converted by the load pre-hook

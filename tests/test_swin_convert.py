@@ -1,5 +1,4 @@
 """Swin checkpoint conversion: timm, official, mmseg/mmpretrain, own; errors."""
-import importlib.util
 import os.path as osp
 import re
 
@@ -7,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import mmseg_converter
 import mmseg_didb  # noqa: F401
 from mmseg_didb.models.backbones.didb_swin import DIDBSwin
 from mmseg_didb.models.utils.checkpoint import (CheckpointMismatchError,
@@ -61,16 +61,6 @@ def to_official(timm_sd):
     return {'model': out}
 
 
-def mmseg_swin2mmseg():
-    import mmseg
-    path = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools',
-                    'model_converters', 'swin2mmseg.py')
-    spec = importlib.util.spec_from_file_location('swin2mmseg', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.convert_swin
-
-
 def mmseg_swin(**kw):
     from mmseg.models.backbones import SwinTransformer
     model = SwinTransformer(embed_dims=16, depths=(2, 2, 2, 2),
@@ -87,9 +77,9 @@ def check_close(outs, refs, atol=1e-5):
         torch.testing.assert_close(o, r, atol=atol, rtol=1e-4)
 
 
-def test_timm_checkpoint_file_via_init_cfg(tmp_path, timm_swin, image):
-    path = str(tmp_path / 'timm_swin.pth')
-    torch.save(timm_swin.state_dict(), path)
+def fp_swin_from_file(path, timm_swin, image):
+    """An FP DIDBSwin initialised from ``path`` by its ``init_cfg``, with its
+    feature maps checked against timm's; returns both."""
     model = DIDBSwin(preset='fp', **TINY,
                      init_cfg=dict(type='Pretrained', checkpoint=path))
     model.init_weights()
@@ -98,6 +88,13 @@ def test_timm_checkpoint_file_via_init_cfg(tmp_path, timm_swin, image):
         outs = model(image)
     check_close(outs, timm_features(timm_swin, image,
                                     didb_norms(model, timm_swin.norm)))
+    return model, outs
+
+
+def test_timm_checkpoint_file_via_init_cfg(tmp_path, timm_swin, image):
+    path = str(tmp_path / 'timm_swin.pth')
+    torch.save(timm_swin.state_dict(), path)
+    model, outs = fp_swin_from_file(path, timm_swin, image)
     # the final timm norm became the last output norm
     assert torch.equal(model.norm3.weight, timm_swin.norm.weight)
 
@@ -108,18 +105,11 @@ def test_official_checkpoint_agrees_with_timm_and_mmseg(tmp_path, timm_swin,
     assert detect_swin_layout(official['model']) == 'official'
     path = str(tmp_path / 'official.pth')
     torch.save(official, path)
-    model = DIDBSwin(preset='fp', **TINY,
-                     init_cfg=dict(type='Pretrained', checkpoint=path))
-    model.init_weights()
-    model.eval()
-    with torch.no_grad():
-        outs = model(image)
-    check_close(outs, timm_features(timm_swin, image,
-                                    didb_norms(model, timm_swin.norm)))
+    model, outs = fp_swin_from_file(path, timm_swin, image)
     # mmseg's own official->mmseg converter + mmseg's Swin give the same maps
     ref = mmseg_swin()
     missing, unexpected = ref.load_state_dict(
-        mmseg_swin2mmseg()(official['model']), strict=False)
+        mmseg_converter('swin2mmseg')(official['model']), strict=False)
     # mmseg's converter leaves the classifier's final norm unused (its norm3
     # stays at init); here it is the last output norm, as in DIDBSwin
     assert set(unexpected) == {'norm.weight', 'norm.bias',
@@ -165,7 +155,7 @@ def test_mmseg_unfold_order_is_inverted(timm_swin):
     and the fused qkv becomes the q/k/v units."""
     from mmseg_didb.models.utils.swin_convert import to_fp_layout
     official = to_official(timm_swin.state_dict())['model']
-    mm = mmseg_swin2mmseg()(official)
+    mm = mmseg_converter('swin2mmseg')(official)
     back, layout, _ = to_fp_layout(mm)
     assert layout == 'mmseg'
     sd = timm_swin.state_dict()

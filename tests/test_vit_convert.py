@@ -1,12 +1,11 @@
 """Tests of the ViT / DeiT state-dict conversion (mmseg_didb.models.utils)."""
-import importlib.util
 import os.path as osp
 
 import pytest
 import torch
 import timm
-import mmseg
 
+from conftest import mmseg_converter
 import mmseg_didb  # noqa: F401
 from mmseg_didb.binary.rprelu import TokenGrid, resize_token_map
 from mmseg_didb.models.utils.vit_convert import (adapt_to_model,
@@ -25,16 +24,6 @@ def _timm_sd(distilled=False):
     model = timm.create_model(name, pretrained=False, embed_dim=C,
                               depth=DEPTH, num_heads=2, img_size=64)
     return model.state_dict()
-
-
-def _vit2mmseg():
-    """mmseg's own converter script (shipped in the wheel under .mim)."""
-    path = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools',
-                    'model_converters', 'vit2mmseg.py')
-    spec = importlib.util.spec_from_file_location('vit2mmseg', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.convert_vit
 
 
 def test_timm_layout_splits_qkv():
@@ -61,7 +50,7 @@ def test_timm_layout_splits_qkv():
 def test_mmseg_layout_matches_timm_layout():
     """vit2mmseg(timm) converted back equals the direct timm conversion."""
     sd = _timm_sd()
-    mm = _vit2mmseg()(sd)
+    mm = mmseg_converter('vit2mmseg')(sd)
     # The mmseg layout is the one mmseg's VisionTransformer really uses.
     from mmseg.models.backbones import VisionTransformer
     vit = VisionTransformer(img_size=64, embed_dims=C, num_layers=DEPTH,
