@@ -125,3 +125,37 @@ def test_benchmark_compile_wraps_the_training_loss(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match='warmup'):
         benchmark_model(lambda: build_segmentor(tiny_cfg()), 'x',
                         shape=(32, 32), warmup=1, compile=True)
+
+
+def test_benchmark_mmap_threshold_applies_to_every_row(monkeypatch, tmp_path):
+    """``--mmap-threshold``: set once for every benchmarked model (here in
+    this process, ``--no-isolate``) and named in the report; out of range
+    is a usage error."""
+    import pytest
+    from tools.analysis import benchmark as tool
+    calls = []
+    monkeypatch.setattr(tool, 'set_malloc_mmap_threshold',
+                        lambda n: calls.append(n) or True)
+    cfg_path = tmp_path / 'tiny.py'
+    cfg_path.write_text(
+        f'default_scope = "mmseg"\nmodel = {tiny_cfg()["model"]!r}\n')
+    out = tool.main([str(cfg_path), '--shape', '32', '--repeats', '1',
+                     '--warmup', '0', '--no-isolate', '--device', 'cpu',
+                     '--phases', 'infer', '--mmap-threshold', '131072',
+                     '--json', '-'])
+    assert calls == [131072]
+    assert out['device'].endswith('malloc mmap threshold 131072 bytes')
+    assert set(out['results']) == {'tiny', 'fp (preset=fp)'}
+    with pytest.raises(SystemExit):
+        tool.main([str(cfg_path), '--mmap-threshold', str(64 * 2**20)])
+
+
+def test_benchmark_isolated_child_sets_the_mmap_threshold(monkeypatch):
+    """The child process of :func:`benchmark_isolated` sets the threshold
+    before it builds the model (checked through the child's error)."""
+    import pytest
+    with pytest.raises(RuntimeError, match='mmap threshold must be an int'):
+        benchmark_isolated(tiny_cfg('fp'), 'fp', threads=1,
+                           phases=('infer', ), mmap_threshold=0,
+                           shape=(32, 32), batch_size=1, warmup=0,
+                           repeats=1, device='cpu')

@@ -269,6 +269,10 @@ def _isolated_child(cfg_dict: dict, name: str, kwargs: dict, queue) -> None:
         threads = kwargs.pop('threads', None)
         if threads:
             torch.set_num_threads(threads)
+        mmap_threshold = kwargs.pop('mmap_threshold', None)
+        if mmap_threshold is not None:
+            from ..engine.allocator import set_malloc_mmap_threshold
+            set_malloc_mmap_threshold(mmap_threshold)
         from mmengine.config import Config
 
         from .builder import build_segmentor
@@ -283,6 +287,7 @@ def _isolated_child(cfg_dict: dict, name: str, kwargs: dict, queue) -> None:
 
 def benchmark_isolated(config, name: str, threads: Optional[int] = None,
                        phases: Tuple[str, ...] = ('train', 'infer'),
+                       mmap_threshold: Optional[int] = None,
                        **kwargs) -> BenchmarkResult:
     """:func:`benchmark_model` with each phase in a fresh child process.
 
@@ -295,6 +300,10 @@ def benchmark_isolated(config, name: str, threads: Optional[int] = None,
         name: label of the result.
         threads: torch threads in the child.
         phases: phases to run, each in its own child.
+        mmap_threshold: fix the C allocator's mmap threshold in the child
+            (:func:`~mmseg_didb.engine.set_malloc_mmap_threshold`, as
+            :class:`~mmseg_didb.engine.CPUAllocatorHook` does in training);
+            None leaves the allocator as it is.
         **kwargs: passed to :func:`benchmark_model`.
     """
     import multiprocessing as mp
@@ -309,6 +318,7 @@ def benchmark_isolated(config, name: str, threads: Optional[int] = None,
         proc = ctx.Process(
             target=_isolated_child,
             args=(cfg_dict, name, dict(kwargs, threads=threads,
+                                       mmap_threshold=mmap_threshold,
                                        phases=(phase, )), queue))
         proc.start()
         status, res = queue.get()

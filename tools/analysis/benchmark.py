@@ -46,6 +46,8 @@ from mmseg_didb.analysis.benchmark import (  # noqa: E402
     benchmark_isolated, benchmark_model, describe_device, format_results,
     results_dict)
 from mmseg_didb.analysis.stage_timer import format_breakdown  # noqa: E402
+from mmseg_didb.engine.allocator import (  # noqa: E402
+    MAX_MMAP_THRESHOLD, set_malloc_mmap_threshold)
 from mmseg_didb.analysis.cli import (add_model_args,  # noqa: E402
                                      check_model_args)
 
@@ -81,6 +83,11 @@ def parse_args(argv=None):
         help='add the model with its training step (loss and backward; the '
         'optimizer step eager) run through torch.compile as a second row')
     parser.add_argument(
+        '--mmap-threshold', type=int, default=None, metavar='BYTES',
+        help="fix the C allocator's (glibc) mmap threshold in every "
+        'benchmarked process, as CPUAllocatorHook does in training, e.g. '
+        '131072 (default: the allocator as it is)')
+    parser.add_argument(
         '--no-isolate', action='store_true',
         help='on CPU, run everything in this process (default: each model '
         'and phase in a fresh child process, for clean peak-RSS numbers)')
@@ -92,6 +99,10 @@ def parse_args(argv=None):
         args.batch_size = 1 if args.packed else 2
     if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error('--repeats and --batch-size must be >= 1, --warmup >= 0')
+    if (args.mmap_threshold is not None
+            and not 0 < args.mmap_threshold <= MAX_MMAP_THRESHOLD):
+        parser.error(f'--mmap-threshold must be in (0, {MAX_MMAP_THRESHOLD}] '
+                     'bytes (glibc limit), e.g. 131072')
     if args.compile and args.warmup < 2:
         parser.error('--compile needs --warmup >= 2: the first two steps '
                      'compile')
@@ -114,7 +125,8 @@ def run_models(args, models, device, threads):
         kwargs = dict(common, **extra)
         if device == 'cpu' and not args.no_isolate:
             results.append(benchmark_isolated(
-                model_cfg, name, threads=threads, **kwargs))
+                model_cfg, name, threads=threads,
+                mmap_threshold=args.mmap_threshold, **kwargs))
         else:
             torch.set_num_threads(threads)
             results.append(benchmark_model(
@@ -127,6 +139,11 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    described = describe_device(device)
+    if args.mmap_threshold is not None:
+        described += f', malloc mmap threshold {args.mmap_threshold} bytes'
+        if device != 'cpu' or args.no_isolate:  # every row in this process
+            set_malloc_mmap_threshold(args.mmap_threshold)
     cfg = load_config(args.config, args.cfg_options)
     name = osp.splitext(osp.basename(args.config))[0]
     models = [(name + (' (packed)' if args.packed else ''), cfg, {})]
@@ -142,7 +159,7 @@ def main(argv=None) -> dict:
     shape = tuple(args.shape)
     thread_counts = ([t or (os.cpu_count() or 1) for t in args.threads_list]
                      if args.packed else [torch.get_num_threads()])
-    out = dict(device=describe_device(device), shape=list(shape),
+    out = dict(device=described, shape=list(shape),
                batch_size=args.batch_size, warmup=args.warmup,
                repeats=args.repeats, runs=[])
     for threads in thread_counts:
