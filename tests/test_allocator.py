@@ -73,9 +73,3 @@ def test_hook_from_any_scope_sets_the_threshold_before_the_run(monkeypatch):
         assert isinstance(hook, CPUAllocatorHook)
         hook.before_run(runner=None)
     assert calls == [1 << 20, 1 << 20]
-
-
-def test_binary_schedule_adds_the_hook():
-    from mmengine.config import Config
-    cfg = Config.fromfile(str(REPO_ROOT / 'configs/didb_swin_t_ade20k.py'))
-    assert dict(type='CPUAllocatorHook') in cfg.custom_hooks

@@ -160,3 +160,76 @@ def test_compact_saves_step_aside_under_torch_compile(monkeypatch):
     monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
     assert not isinstance(compact.binary_operands([(t, level)]),
                           torch.autograd.graph.saved_tensors_hooks)
+
+
+def _spy_ternary(monkeypatch):
+    packed = []
+    original = compact._TernarySaves.pack
+
+    def spy(t):
+        out = original(t)
+        packed.append(out)
+        return out
+
+    monkeypatch.setattr(compact._TernarySaves, 'pack', staticmethod(spy))
+    return packed
+
+
+def test_ternary_saves_rebuild_padded_and_transposed_operands(monkeypatch):
+    packed = _spy_ternary(monkeypatch)
+    torch.manual_seed(0)
+    # +-scale queries and +-1 keys with zero-padded rows, keys transposed
+    q = torch.sign(torch.randn(3, 2, 6, 4)) * 0.5
+    k = torch.sign(torch.randn(3, 2, 6, 4))
+    q[:, :, 4:] = 0
+    k[:, :, 4:] = 0
+    grads = []
+    for on in (False, True):
+        qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+        with compact.ternary_saves(on):
+            s = qq @ kk.transpose(-2, -1)
+        (s * torch.linspace(-1, 1, s.numel()).view_as(s)).sum().backward()
+        grads.append((s, qq.grad, kk.grad))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+    bits = [p for p in packed if isinstance(p, tuple)]
+    assert len(bits) == 2 and all(p[0].dtype == torch.int8 for p in bits)
+    assert sorted(float(p[1]) for p in bits) == [0.5, 1.0]
+    # off when asked, when compact saves are off, and without autograd
+    packed.clear()
+    x = q.clone().requires_grad_()
+    with compact.ternary_saves(False):
+        x @ k.transpose(-2, -1)
+    with compact_saves(False), compact.ternary_saves(True):
+        x @ k.transpose(-2, -1)
+    with torch.no_grad(), compact.ternary_saves(True):
+        x @ k.transpose(-2, -1)
+    assert not packed
+
+
+@pytest.mark.parametrize('preset', ['didb', 'react', 'fp'])
+def test_attention_matmuls_save_int8_operands_when_binary(monkeypatch,
+                                                          preset):
+    from mmseg_didb.models.layers.didb_attention import DIDBAttention
+    packed = _spy_ternary(monkeypatch)
+    torch.manual_seed(0)
+    attn = DIDBAttention(16, 2, PRESETS[preset], grid=(6, 6)).train()
+    x = torch.randn(2, 36, 16)
+    weight = torch.linspace(-1, 1, x.numel()).view_as(x)
+    start = {k: v.clone() for k, v in attn.state_dict().items()}
+    grads = []
+    for on in (True, False):
+        attn.load_state_dict(start)
+        attn.zero_grad()
+        xx = x.clone().requires_grad_()
+        with compact_saves(on):
+            # 4x4 windows on the 6x6 map: zero-padded to 8x8
+            (attn(xx, (6, 6), window_size=4) * weight).sum().backward()
+        grads.append([xx.grad] + [p.grad for p in attn.parameters()])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+    bits = [p for p in packed if isinstance(p, tuple)]
+    # Q K^T per HFSC branch (two for didb) and Ab V, two operands each
+    expected = {'didb': 6, 'react': 4, 'fp': 0}[preset]
+    assert len(bits) == expected
+    assert all(p[0].dtype == torch.int8 for p in bits)

@@ -42,5 +42,3 @@ optim_wrapper = dict(
         type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg={{_base_.binary_paramwise_cfg}},
     clip_grad=dict(max_norm=1.0, norm_type=2))
-# on CPU, return the memory a training step frees (docs/efficiency.md)
-custom_hooks = [dict(type='CPUAllocatorHook')]

@@ -59,8 +59,6 @@ optim_wrapper = dict(
     optimizer=dict(
         type='AdamW', lr=5e-4, betas=(0.9, 0.999), weight_decay=0.0),
     paramwise_cfg={{_base_.binary_paramwise_cfg}})
-# on CPU, return the memory a training step frees (docs/efficiency.md)
-custom_hooks = [dict(type='CPUAllocatorHook')]
 max_epochs = 300
 param_scheduler = [
     dict(

@@ -9,6 +9,5 @@ model = dict(type='BinaryEncoderDecoder', binarize=None, grs=None)
 optim_wrapper = dict(optimizer=dict(weight_decay=1e-5))
 weights_on_iter = 200
 custom_hooks = [
-    dict(type='CPUAllocatorHook'),
     dict(type='BinarizationSwitchHook', weights_on_iter=weights_on_iter)
 ]

@@ -11,6 +11,12 @@ gradients are unchanged (``tests/test_compact_saves.py`` compares every
 parameter's gradient with the plain path), activation memory of the binary
 operands drops to a quarter.
 
+The attention's binary matmuls (``Q K^T`` on zero-padded windows, ``Ab V``)
+save reshaped copies of their operands, which no tensor identity can match:
+inside :func:`ternary_saves` *every* float tensor autograd saves is stored
+as int8 signs plus its magnitude, which is exact for the tensors such a
+matmul saves (entries ``{-L, 0, +L}``, one ``L`` per tensor).
+
 :func:`compact_saves` switches the mechanism off (``compact_saves(False)``),
 for comparisons; it is on by default.
 """
@@ -20,7 +26,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ['binary_operands', 'compact_saves', 'compact_saves_enabled']
+__all__ = ['binary_operands', 'compact_saves', 'compact_saves_enabled',
+           'ternary_saves']
 
 _ENABLED = [True]
 
@@ -104,3 +111,51 @@ def binary_operands(
         return contextlib.nullcontext()
     saves = _SignSaves(ops)
     return torch.autograd.graph.saved_tensors_hooks(saves.pack, saves.unpack)
+
+
+class _TernarySaves:
+    """``saved_tensors_hooks`` pair packing each float tensor whose entries
+    are ``{-L, 0, +L}`` into (int8 signs, L, shape, stride).
+
+    Only tensors laid out densely (contiguous, or contiguous once the last
+    two axes are swapped, as matmuls save them) are packed; others are kept
+    as they are.
+    """
+
+    @staticmethod
+    def pack(saved: Tensor):
+        if (not saved.is_floating_point() or saved.dim() < 2
+                or not (saved.is_contiguous()
+                        or saved.transpose(-2, -1).is_contiguous())):
+            return saved
+        level = saved.detach().abs().amax()
+        return (torch.sign(saved.detach()).to(torch.int8), level,
+                saved.shape, saved.stride())
+
+    @staticmethod
+    def unpack(packed):
+        if isinstance(packed, Tensor):
+            return packed
+        signs, level, shape, stride = packed
+        out = torch.empty_strided(shape, stride, dtype=level.dtype,
+                                  device=signs.device)
+        return out.copy_(signs.to(level.dtype) * level)
+
+
+def ternary_saves(enabled: bool) -> contextlib.AbstractContextManager:
+    """Context in which every float tensor that autograd saves is stored as
+    int8 signs and one magnitude: 1 byte per entry instead of 4, rebuilt
+    bit for bit in the backward pass.
+
+    Exact only when each saved float tensor has entries ``{-L, 0, +L}``:
+    wrap a single op whose inputs are binary (the attention matmuls ``Q
+    K^T`` with zero-padded windows and ``Ab V`` with ``Ab`` in ``{0, a}``,
+    where both operands are binarized) and pass ``enabled=False`` when one
+    of them is not. A no-op, like :func:`binary_operands`, when compact
+    saves are off, no gradient is recorded or under ``torch.compile``.
+    """
+    if (not enabled or torch.compiler.is_compiling() or not _ENABLED[0]
+            or not torch.is_grad_enabled()):
+        return contextlib.nullcontext()
+    return torch.autograd.graph.saved_tensors_hooks(_TernarySaves.pack,
+                                                    _TernarySaves.unpack)

@@ -85,14 +85,13 @@ class CPUAllocatorHook(Hook):
     """Fix the C allocator's mmap threshold when a run starts.
 
     With it, a CPU training step returns the memory it frees instead of
-    keeping it resident: on CPU the fully binary Swin-T UPerNet's peak
-    training memory drops by about a third, the FP model's by about 15 %,
-    and steps get slower by the page faults of new large tensors
-    (docs/efficiency.md). On GPU it only touches host memory. The plugin's
-    binary schedules add it (``custom_hooks``); a config that sets its own
-    ``custom_hooks`` list adds ``dict(type='CPUAllocatorHook')`` to keep it.
-    Registered in mmengine's root registry, so mmseg, mmdet and mmpretrain
-    configs all find it.
+    keeping it resident: the fully binary Swin-T UPerNet's peak training
+    memory on CPU drops by about a third, the FP model's by about 15 %, and
+    the steps get slower (about 20 % for the binary model) by the page
+    faults of new large tensors (docs/efficiency.md). A trade, so it is
+    opt-in: ``custom_hooks = [dict(type='CPUAllocatorHook')]``. On GPU it
+    only touches host memory. Registered in mmengine's root registry, so
+    mmseg, mmdet and mmpretrain configs all find it.
 
     Args:
         mmap_threshold: Bytes; see :func:`set_malloc_mmap_threshold`.

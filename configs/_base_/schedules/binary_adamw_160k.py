@@ -25,7 +25,3 @@ param_scheduler = [
         by_epoch=False,
     )
 ]
-# on CPU, return the memory a training step frees (about a third of a binary
-# model's resident peak; docs/efficiency.md); a config with its own
-# custom_hooks list adds this entry to keep it
-custom_hooks = [dict(type='CPUAllocatorHook')]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmseg_didb.binary.compact import ternary_saves
 from mmseg_didb.binary.presets import BinaryPreset
 from .tokens import join_token_grid, split_token_grid
 
@@ -57,15 +58,22 @@ class DIBAggregation(nn.Module):
                 torch.full((embed_dims, ), float(local_init)))
 
     def forward(self, attn: Tensor, v: Tensor,
-                matmuls: Optional[nn.Module] = None) -> Tensor:
+                matmuls: Optional[nn.Module] = None,
+                binary: bool = False) -> Tensor:
         """``Ab V`` plus the shortcut term, per head.
 
         Args:
             attn: Binarized probabilities ``(B, heads, N, N)``.
             v: Binarized values ``(B, heads, N, d)``.
             matmuls: Packed products of a deployed model, or None.
+            binary: Both ``attn`` and ``v`` are binary (``{0, a}`` and
+                ``{-1, 0, +1}``): ``Ab V`` saves them compactly for backward.
         """
-        out = attn @ v if matmuls is None else matmuls.aggregate(attn, v)
+        if matmuls is not None:
+            out = matmuls.aggregate(attn, v)
+        else:
+            with ternary_saves(binary):
+                out = attn @ v
         if self.shortcut_scale is not None:
             out = out + self.shortcut_term(attn, v)
         return out

@@ -203,8 +203,10 @@ class DIDBAttention(nn.Module):
         attn = scores.softmax(dim=-1)
         # dropout first, so that Ab keeps its values {0, a}
         attn = self.attn_quant(self.attn_drop(attn))
+        binary = all(getattr(b, 'enabled', False)
+                     for b in (self.attn_quant, self.v_quant))
         out = self.aggregation(attn, split_heads(v, self.num_heads),
-                               self.binary_matmuls)
+                               self.binary_matmuls, binary)
         return merge_heads(out)
 
     def forward(self,

@@ -8,6 +8,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from mmseg_didb.binary.compact import ternary_saves
 from mmseg_didb.binary.haar import haar_split
 from mmseg_didb.binary.presets import BinaryPreset
 from .tokens import join_token_grid, split_heads, split_token_grid
@@ -89,6 +90,12 @@ class HFSCSimilarity(nn.Module):
         return ([getattr(self, f'q{br}_quant') for br in self.branches],
                 [getattr(self, f'k{br}_quant') for br in self.branches])
 
+    def binary_scores(self) -> bool:
+        """Whether every query and key binarizer is on (``Q K^T`` is then a
+        binary matmul and saves its operands compactly)."""
+        qs, ks = self.binarizers()
+        return all(getattr(b, 'enabled', False) for b in qs + ks)
+
     def band_split(self, x: Tensor, hw: Tuple[int, int]) -> Tuple[Tensor, ...]:
         """The branch inputs: ``(X_L, X_H)`` on the full map, or ``(X, )``."""
         if self.mode == 'off':
@@ -115,12 +122,14 @@ class HFSCSimilarity(nn.Module):
         (:class:`~mmseg_didb.deploy.attention.PackedAttentionMatmuls`).
         """
         scores = None
+        binary = self.binary_scores()
         for i, (q, k) in enumerate(zip(qs, ks)):
             q, k = split_heads(q, self.num_heads), split_heads(k, self.num_heads)
             if matmuls is not None:  # deployment: XNOR-popcount kernels
                 s = matmuls.similarity(i, q, k) * self.scale
             else:
-                s = (q * self.scale) @ k.transpose(-2, -1)
+                with ternary_saves(binary):
+                    s = (q * self.scale) @ k.transpose(-2, -1)
             if self.mode != 'off':
                 s = s * self.mix[:, i].view(1, -1, 1, 1)
             scores = s if scores is None else scores + s
