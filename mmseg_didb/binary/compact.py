@@ -48,6 +48,15 @@ def compact_saves_enabled() -> bool:
     return _ENABLED[0]
 
 
+def _rebuilt(values: Tensor, shape: torch.Size,
+             stride: Tuple[int, ...]) -> Tensor:
+    """``values`` in the layout (shape and strides) of the saved tensor, so
+    that the backward pass sees exactly what autograd saved."""
+    out = torch.empty_strided(shape, stride, dtype=values.dtype,
+                              device=values.device)
+    return out.copy_(values)
+
+
 class _SignSaves:
     """``saved_tensors_hooks`` pair packing views of the given +-level
     tensors into (sign bits, level, shape, stride); everything else is kept
@@ -86,9 +95,7 @@ class _SignSaves:
         if isinstance(packed, Tensor):
             return packed
         bits, level, shape, stride = packed
-        out = torch.empty_strided(shape, stride, dtype=level.dtype,
-                                  device=bits.device)
-        return out.copy_(torch.where(bits, level, -level))
+        return _rebuilt(torch.where(bits, level, -level), shape, stride)
 
 
 def binary_operands(
@@ -137,9 +144,7 @@ class _TernarySaves:
         if isinstance(packed, Tensor):
             return packed
         signs, level, shape, stride = packed
-        out = torch.empty_strided(shape, stride, dtype=level.dtype,
-                                  device=signs.device)
-        return out.copy_(signs.to(level.dtype) * level)
+        return _rebuilt(signs.to(level.dtype) * level, shape, stride)
 
 
 def ternary_saves(enabled: bool) -> contextlib.AbstractContextManager:
