@@ -20,10 +20,13 @@ GLIBC = platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc'
 # threshold (by freeing a 16 MiB block): from the heap, the freed half stays
 # resident; on memory maps it goes back to the system.
 _HOLES = """
-import json, sys, torch
-from mmseg_didb.engine.allocator import set_malloc_mmap_threshold
+import importlib.util, json, sys, torch
+# the module alone (not the plugin, which imports mmseg): a fast child
+spec = importlib.util.spec_from_file_location('allocator', sys.argv[2])
+allocator = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(allocator)
 if sys.argv[1] == 'fixed':
-    assert set_malloc_mmap_threshold(128 * 1024)
+    assert allocator.set_malloc_mmap_threshold(128 * 1024)
 big = torch.ones(4 * 2**20)
 del big
 kept = [torch.ones(2**19) for _ in range(48)]
@@ -35,7 +38,8 @@ print(json.dumps(rss))
 
 
 def _rss_kib(mode: str) -> int:
-    out = subprocess.run([sys.executable, '-c', _HOLES, mode],
+    out = subprocess.run([sys.executable, '-c', _HOLES, mode,
+                          allocator.__file__],
                          cwd=str(REPO_ROOT), capture_output=True, text=True,
                          check=True, timeout=300)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -151,11 +151,23 @@ def test_benchmark_mmap_threshold_applies_to_every_row(monkeypatch, tmp_path):
 
 
 def test_benchmark_isolated_child_sets_the_mmap_threshold(monkeypatch):
-    """The child process of :func:`benchmark_isolated` sets the threshold
-    before it builds the model (checked through the child's error)."""
-    import pytest
-    with pytest.raises(RuntimeError, match='mmap threshold must be an int'):
-        benchmark_isolated(tiny_cfg('fp'), 'fp', threads=1,
-                           phases=('infer', ), mmap_threshold=0,
-                           shape=(32, 32), batch_size=1, warmup=0,
-                           repeats=1, device='cpu')
+    """The body of :func:`benchmark_isolated`'s child process sets the
+    threshold before it builds the model (run here, in this process, with
+    the setter recorded)."""
+    from mmseg_didb.analysis import benchmark as bench
+    from mmseg_didb.engine import allocator
+    events = []
+    monkeypatch.setattr(allocator, 'set_malloc_mmap_threshold',
+                        lambda n: events.append(('threshold', n)))
+    monkeypatch.setattr(bench, 'benchmark_model',
+                        lambda build, name, **kw: events.append(
+                            ('build', name)) or 'result')
+
+    class Queue(list):
+        put = list.append
+
+    queue = Queue()
+    bench._isolated_child(tiny_cfg('fp'), 'fp',
+                          dict(mmap_threshold=131072, threads=None), queue)
+    assert queue == [('ok', 'result')]
+    assert events == [('threshold', 131072), ('build', 'fp')]
