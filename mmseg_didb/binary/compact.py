@@ -26,8 +26,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ['binary_operands', 'compact_saves', 'compact_saves_enabled',
-           'ternary_saves']
+__all__ = ['binary_operands', 'binarizers_on', 'compact_saves',
+           'compact_saves_enabled', 'ternary_saves']
 
 _ENABLED = [True]
 
@@ -147,6 +147,13 @@ class _TernarySaves:
         return _rebuilt(signs.to(level.dtype) * level, shape, stride)
 
 
+def binarizers_on(binarizers: Sequence[torch.nn.Module]) -> bool:
+    """Whether every one of ``binarizers`` is an enabled binarizer (an FP
+    stand-in such as ``nn.Identity`` is not): the condition under which an
+    op on their outputs may use :func:`ternary_saves`."""
+    return all(getattr(b, 'enabled', False) for b in binarizers)
+
+
 def ternary_saves(enabled: bool) -> contextlib.AbstractContextManager:
     """Context in which every float tensor that autograd saves is stored as
     int8 signs and one magnitude: 1 byte per entry instead of 4, rebuilt
@@ -155,8 +162,8 @@ def ternary_saves(enabled: bool) -> contextlib.AbstractContextManager:
     Exact only when each saved float tensor has entries ``{-L, 0, +L}``:
     wrap a single op whose inputs are binary (the attention matmuls ``Q
     K^T`` with zero-padded windows and ``Ab V`` with ``Ab`` in ``{0, a}``,
-    where both operands are binarized) and pass ``enabled=False`` when one
-    of them is not. A no-op, like :func:`binary_operands`, when compact
+    where both operands are binarized, :func:`binarizers_on`) and pass
+    ``enabled=False`` when one of them is not. A no-op, like :func:`binary_operands`, when compact
     saves are off, no gradient is recorded or under ``torch.compile``.
     """
     if (not enabled or torch.compiler.is_compiling() or not _ENABLED[0]

@@ -25,8 +25,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
-__all__ = ['set_malloc_mmap_threshold', 'CPUAllocatorHook',
-           'DEFAULT_MMAP_THRESHOLD', 'MAX_MMAP_THRESHOLD']
+__all__ = ['set_malloc_mmap_threshold', 'check_mmap_threshold',
+           'CPUAllocatorHook', 'DEFAULT_MMAP_THRESHOLD', 'MAX_MMAP_THRESHOLD']
 
 #: 128 KiB: glibc's own initial threshold
 DEFAULT_MMAP_THRESHOLD = 128 * 1024
@@ -42,7 +42,10 @@ def _glibc() -> Optional[ctypes.CDLL]:
     return None if name is None else ctypes.CDLL(name)
 
 
-def _check_threshold(nbytes: int, what: str) -> int:
+def check_mmap_threshold(nbytes: int, what: str = 'the mmap threshold'
+                         ) -> int:
+    """``nbytes`` if it is a valid threshold, else a ValueError naming
+    ``what`` and the range."""
     if (isinstance(nbytes, bool) or not isinstance(nbytes, int)
             or not 0 < nbytes <= MAX_MMAP_THRESHOLD):
         raise ValueError(f'{what} must be an int in (0, {MAX_MMAP_THRESHOLD}] '
@@ -68,7 +71,7 @@ def set_malloc_mmap_threshold(
     Raises:
         ValueError: ``nbytes`` out of range.
     """
-    _check_threshold(nbytes, 'the mmap threshold')
+    check_mmap_threshold(nbytes)
     libc = _glibc()
     if libc is None:
         print_log('malloc mmap threshold: the C library is not glibc; the '
@@ -86,8 +89,8 @@ class CPUAllocatorHook(Hook):
 
     With it, a CPU training step returns the memory it frees instead of
     keeping it resident: the fully binary Swin-T UPerNet's peak training
-    memory on CPU drops by about a third, the FP model's by about 15 %, and
-    the steps get slower (about 20 % for the binary model) by the page
+    memory on CPU drops by about a third, the FP model's by about an eighth,
+    and the steps get slower (20-25 % for the binary model) by the page
     faults of new large tensors (docs/efficiency.md). A trade, so it is
     opt-in: ``custom_hooks = [dict(type='CPUAllocatorHook')]``. On GPU it
     only touches host memory. Registered in mmengine's root registry, so
@@ -101,7 +104,7 @@ class CPUAllocatorHook(Hook):
 
     def __init__(self, mmap_threshold: int = DEFAULT_MMAP_THRESHOLD) -> None:
         # checked here, so a bad config fails when the hook is built
-        self.mmap_threshold = _check_threshold(
+        self.mmap_threshold = check_mmap_threshold(
             mmap_threshold, 'CPUAllocatorHook: mmap_threshold')
 
     def before_run(self, runner) -> None:

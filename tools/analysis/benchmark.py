@@ -47,7 +47,7 @@ from mmseg_didb.analysis.benchmark import (  # noqa: E402
     results_dict)
 from mmseg_didb.analysis.stage_timer import format_breakdown  # noqa: E402
 from mmseg_didb.engine.allocator import (  # noqa: E402
-    MAX_MMAP_THRESHOLD, set_malloc_mmap_threshold)
+    check_mmap_threshold, set_malloc_mmap_threshold)
 from mmseg_didb.analysis.cli import (add_model_args,  # noqa: E402
                                      check_model_args)
 
@@ -99,10 +99,11 @@ def parse_args(argv=None):
         args.batch_size = 1 if args.packed else 2
     if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error('--repeats and --batch-size must be >= 1, --warmup >= 0')
-    if (args.mmap_threshold is not None
-            and not 0 < args.mmap_threshold <= MAX_MMAP_THRESHOLD):
-        parser.error(f'--mmap-threshold must be in (0, {MAX_MMAP_THRESHOLD}] '
-                     'bytes (glibc limit), e.g. 131072')
+    if args.mmap_threshold is not None:
+        try:
+            check_mmap_threshold(args.mmap_threshold, '--mmap-threshold')
+        except ValueError as err:
+            parser.error(f'{err} (e.g. 131072)')
     if args.compile and args.warmup < 2:
         parser.error('--compile needs --warmup >= 2: the first two steps '
                      'compile')

@@ -16,6 +16,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from mmseg_didb.binary.compact import binarizers_on
 from mmseg_didb.binary.layers import BinaryLinearUnit
 from mmseg_didb.binary.presets import BinaryPreset, expect_preset
 from mmseg_didb.binary.rprelu import GridLike, TokenGrid
@@ -203,10 +204,9 @@ class DIDBAttention(nn.Module):
         attn = scores.softmax(dim=-1)
         # dropout first, so that Ab keeps its values {0, a}
         attn = self.attn_quant(self.attn_drop(attn))
-        binary = all(getattr(b, 'enabled', False)
-                     for b in (self.attn_quant, self.v_quant))
         out = self.aggregation(attn, split_heads(v, self.num_heads),
-                               self.binary_matmuls, binary)
+                               self.binary_matmuls,
+                               binarizers_on((self.attn_quant, self.v_quant)))
         return merge_heads(out)
 
     def forward(self,

@@ -8,7 +8,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from mmseg_didb.binary.compact import ternary_saves
+from mmseg_didb.binary.compact import binarizers_on, ternary_saves
 from mmseg_didb.binary.haar import haar_split
 from mmseg_didb.binary.presets import BinaryPreset
 from .tokens import join_token_grid, split_heads, split_token_grid
@@ -94,7 +94,7 @@ class HFSCSimilarity(nn.Module):
         """Whether every query and key binarizer is on (``Q K^T`` is then a
         binary matmul and saves its operands compactly)."""
         qs, ks = self.binarizers()
-        return all(getattr(b, 'enabled', False) for b in qs + ks)
+        return binarizers_on(qs + ks)
 
     def band_split(self, x: Tensor, hw: Tuple[int, int]) -> Tuple[Tensor, ...]:
         """The branch inputs: ``(X_L, X_H)`` on the full map, or ``(X, )``."""

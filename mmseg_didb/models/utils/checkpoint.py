@@ -90,8 +90,7 @@ def read_checkpoint(path: str, map_location: Any = 'cpu',
     unpickling it could run arbitrary code.
 
     Args:
-        checkpoint: Local checkpoint file, or the checkpoint already read
-            from it (:func:`read_checkpoint`).
+        path: Local checkpoint file.
         map_location: Passed to ``torch.load``.
         allow_unsafe: Fall back to a full unpickle for a refused file (an
             explicit opt-in for trusted files; logged as a warning).
@@ -227,7 +226,8 @@ def load_whole_checkpoint(model: nn.Module, checkpoint: Union[str, Mapping],
 
     Args:
         model: Module to load into.
-        path: Local checkpoint file.
+        checkpoint: Local checkpoint file, or the checkpoint already read
+            from it (:func:`read_checkpoint`).
         keys: Entries that may hold the state dict, first match wins.
         hint: What to do about a missing file or a mismatch (appended to the
             message).
