@@ -26,8 +26,9 @@ def test_deploy_tool_checks_and_times_the_packed_model(binary_run, run_tool,
     proc = run_tool(['tools/deploy.py', config, ckpt, '--out', out])
     text = proc.stdout
     assert 'check: PASSED' in text
-    agree = float(re.search(r'agreement: ([\d.]+)%', text).group(1))
-    assert agree >= 99.5
+    # the exact inference arithmetic: every pixel, every logit bit
+    assert 'pixel argmax agreement: 100.000%' in text
+    assert re.search(r'max \|logit difference\| 0(\s|$)', text), text
     miou = re.search(r'mIoU fake-quantized ([\d.]+), packed ([\d.]+)', text)
     assert abs(float(miou.group(1)) - float(miou.group(2))) <= 0.1
     assert re.search(r'packed [\d.]+ ms, FP counterpart [\d.]+ ms', text)
@@ -36,6 +37,22 @@ def test_deploy_tool_checks_and_times_the_packed_model(binary_run, run_tool,
     proc = run_tool(['tools/deploy.py', config, out])
     assert '(packed export)' in proc.stdout
     assert 'check: PASSED' in proc.stdout
+
+
+def test_deploy_tool_refuses_to_write_a_model_that_fails_the_check(
+        binary_run, run_tool, tmp_path):
+    config, ckpt = binary_run
+    out = tmp_path / 'packed.pth'
+    # an agreement no model can reach stands in for a packed model that
+    # does not reproduce the trained one
+    proc = run_tool(['tools/deploy.py', config, ckpt, '--out', out,
+                     '--min-agreement', '1.5'], check=False)
+    assert proc.returncode == 1
+    assert re.search(r'check: FAILED: pixel agreement 100\.000% is '
+                     r'50\.000 points below --min-agreement 150\.0%',
+                     proc.stdout), proc.stdout[-2000:]
+    assert f'{out} was not written' in proc.stdout
+    assert not out.exists()
 
 
 def test_test_tool_packed_gives_the_same_metrics(binary_run, run_tool,

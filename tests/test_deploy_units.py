@@ -76,7 +76,7 @@ def test_linear_unit_epilogue_matches_pytorch(name, res_c, act):
         want = binary_linear_unit(x, k, weight, scale, bias, epilogue=ep)
     with variant(name):
         got = binary_linear_unit(x, k, weight, scale, bias, epilogue=ep)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.skipif(not kernels_available(), reason='needs the C++ kernels')
@@ -122,7 +122,7 @@ def test_packed_linear_unit_equals_the_unit(name, widths, preset, norm,
         packed = PackedBinaryLinearUnit.from_unit(unit)
         with torch.no_grad():
             got, want = packed(x, (6, 7)), unit(x, (6, 7))
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize('name', VARIANTS)
@@ -136,7 +136,7 @@ def test_packed_patch_merging_equals_the_module(name):
         with torch.no_grad():
             (got, hw), (want, hw2) = packed(x, (7, 9)), merge.eval()(x, (7, 9))
     assert hw == hw2 == (4, 5)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize('name', VARIANTS)
@@ -166,7 +166,7 @@ def test_packed_conv_unit_equals_the_unit(name, case, channels_last):
     assert got.shape == want.shape
     # the kernel writes channels-last rows
     assert got.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize('low', ['mean', 'll'])
@@ -236,8 +236,8 @@ def test_fused_window_attention_core_equals_the_attention(name, case):
             got = core.attend(packed, x, hw, window, shift, bias, mask)
             want = attn._core(x, hw, window, shift, bias, mask)
             full, full_want = packed(x, hw, **kw), attn(x, hw, **kw)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(full, full_want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got, want)
+    assert torch.equal(full, full_want)
 
 
 @pytest.mark.parametrize('name', NATIVE)
@@ -257,7 +257,7 @@ def test_fused_global_attention_with_cls_token(name, preset):
             got = packed.binary_matmuls.attend(packed, x, (6, 7), None, None,
                                                None, None)
             want = attn._core(x, (6, 7), None, None, None, None)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got, want)
 
 
 def test_attention_without_a_fused_form_keeps_the_packed_matmuls():
@@ -268,9 +268,8 @@ def test_attention_without_a_fused_form_keeps_the_packed_matmuls():
     packed = convert_to_packed(attn)
     assert type(packed.binary_matmuls) is PackedAttentionMatmuls
     with torch.no_grad():
-        torch.testing.assert_close(packed(x, (8, 8), window_size=(4, 4)),
-                                   attn(x, (8, 8), window_size=(4, 4)),
-                                   rtol=1e-4, atol=1e-4)
+        assert torch.equal(packed(x, (8, 8), window_size=(4, 4)),
+                           attn(x, (8, 8), window_size=(4, 4)))
 
 
 def test_fused_core_falls_back_without_the_kernels():
@@ -281,9 +280,8 @@ def test_fused_core_falls_back_without_the_kernels():
     with variant('pytorch'):
         assert not packed.binary_matmuls.fused
         with torch.no_grad():
-            torch.testing.assert_close(
-                packed(x, (8, 8), window_size=(4, 4)),
-                attn(x, (8, 8), window_size=(4, 4)), rtol=1e-4, atol=1e-4)
+            assert torch.equal(packed(x, (8, 8), window_size=(4, 4)),
+                               attn(x, (8, 8), window_size=(4, 4)))
 
 
 def test_token_maps_are_resized_once_per_grid():
@@ -293,6 +291,5 @@ def test_token_maps_are_resized_once_per_grid():
     with torch.no_grad():
         for hw in [(6, 6), (6, 6), (3, 5)]:
             x = torch.randn(1, hw[0] * hw[1], 32)
-            torch.testing.assert_close(packed(x, hw), unit(x, hw),
-                                       rtol=1e-4, atol=1e-4)
+            assert torch.equal(packed(x, hw), unit(x, hw))
     assert sorted(packed._token_maps) == [((3, 5), 15), ((6, 6), 36)]

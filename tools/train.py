@@ -12,7 +12,11 @@ mmdet, that toolbox's script and arguments); the plugin is imported first, so ev
 its types and the compatibility fixes apply (``--amp`` trains in bfloat16 on
 a machine without GPU; ``--launcher pytorch`` runs on CPUs with gloo).
 ``--unsafe-load`` (plugin) lets ``load_from`` / ``--resume`` fully unpickle a
-trusted checkpoint that weights-only loading refuses.
+trusted checkpoint that weights-only loading refuses. Checkpoints are
+written atomically (``SafeCheckpointHook`` in place of the config's
+``CheckpointHook``), and ``--resume`` skips an unreadable last checkpoint
+for the newest readable one, with a warning
+(``mmseg_didb.engine.checkpoint``).
 """
 import os.path as osp
 import sys
@@ -22,12 +26,14 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmseg_didb  # noqa: E402,F401
 
+from mmseg_didb.engine import safe_checkpoints  # noqa: E402
 from mmseg_didb.engine.mmseg_tools import (  # noqa: E402
     plugin_parser, run_openmmlab_tool)
 
 
 def main(argv=None) -> None:
-    run_openmmlab_tool('train', plugin_parser('Train a model'), argv)
+    with safe_checkpoints():
+        run_openmmlab_tool('train', plugin_parser('Train a model'), argv)
 
 
 if __name__ == '__main__':

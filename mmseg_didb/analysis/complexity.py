@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..binary.exact import exact_arithmetic
 from .binary_ops import (MATMUL_COUNTERS, _find_counter, binary_weight,
                          derived_scale_count, is_bop_layer)
 
@@ -217,7 +218,10 @@ def analyze_complexity(model: nn.Module,
 
         handles.extend(counter(module, record))
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        # the model's operations as trained (FP norms, float products), not
+        # the exact inference arithmetic's elementwise form of them
+        with torch.no_grad(), exact_arithmetic(False), \
+                warnings.catch_warnings():
             warnings.simplefilter('ignore')
             analyzer = FlopAnalyzer(model, inputs)
             analyzer.unsupported_ops_warnings(False)

@@ -5,6 +5,7 @@ transform, the GRS-like regulariser, the run-time binarization switch and the
 preset table shared by every model of the plugin.
 """
 from .compact import compact_saves, compact_saves_enabled
+from .exact import exact_arithmetic, exact_inference
 from .haar import haar2d, haar_split, ihaar2d
 from .layers import (BinaryConv2d, BinaryConvUnit, BinaryLinear,
                      BinaryLinearUnit, TokenNorm)
@@ -25,7 +26,8 @@ from .switch import (binarization, binarization_state, iter_quantizers,
                      set_binarization)
 
 __all__ = [
-    'compact_saves', 'compact_saves_enabled',
+    'compact_saves', 'compact_saves_enabled', 'exact_arithmetic',
+    'exact_inference',
     'haar2d', 'ihaar2d', 'haar_split', 'BinaryLinear', 'BinaryConv2d',
     'ChannelShortcut', 'MergeShortcut', 'TokenNorm', 'BinaryLinearUnit',
     'ConvBypass',

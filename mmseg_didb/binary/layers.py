@@ -21,6 +21,8 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .compact import binary_operands
+from .exact import (affine_of, batchnorm_exact, compute_dtype,
+                    exact_inference, layer_norm_exact, signs_of, weight_signs)
 from .presets import BinaryPreset, resolve_preset
 from .quantizers import build_act_quantizer, build_weight_quantizer
 from .rprelu import GridLike, TokenRPReLU
@@ -45,6 +47,8 @@ def _check_quantizer(q: QuantizerArg, kind: str, what: str) -> None:
 
 class _BinaryMixin:
     """Quantizer handling shared by the binary linear and conv layers."""
+    #: how a per-output vector broadcasts against the output
+    _channel_shape: Tuple[int, ...] = (-1, )
     weight: nn.Parameter
     weight_quantizer: Optional[nn.Module]
     input_quantizer: Optional[nn.Module]
@@ -81,6 +85,27 @@ class _BinaryMixin:
         if self.input_quantizer is None:
             return x
         return self.input_quantizer(x)
+
+    def exact_inference(self) -> bool:
+        """Whether this call runs the exact inference arithmetic
+        (:mod:`mmseg_didb.binary.exact`): no autograd, both binarizers on."""
+        return exact_inference((self.weight_quantizer, self.input_quantizer))
+
+    def exact_forward(self, x: Tensor) -> Tensor:
+        """Inference output as the packed kernels compute it: the exact
+        integer product of the input and weight signs, times the scale and
+        plus the bias of :func:`~mmseg_didb.binary.exact.affine_of`;
+        float32 (float64 for a float64 input)."""
+        x_b = self.quantized_input(x)  # first: it may set a lazy scale
+        dtype = compute_dtype(x_b)
+        pattern, _ = weight_signs(self)
+        scale, bias = affine_of(self)
+        dot = self._sign_product(torch.sign(x_b.to(dtype)),
+                                 signs_of(pattern).to(dtype)).round()
+        y = dot * scale.to(dot).view(self._channel_shape)
+        if bias is not None:
+            y = y + bias.to(dot).view(self._channel_shape)
+        return y
 
     def binary_operands(self, x_b: Tensor, w_b: Tensor):
         """Context in which the layer's matmul / conv keeps its binary
@@ -125,9 +150,14 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
                               -1, preset)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.exact_inference():
+            return self.exact_forward(x).to(x.dtype)
         x_b, w_b = self.quantized_input(x), self.quantized_weight()
         with self.binary_operands(x_b, w_b):
             return F.linear(x_b, w_b, self.bias)
+
+    def _sign_product(self, x: Tensor, w: Tensor) -> Tensor:
+        return F.linear(x, w)
 
 
 class BinaryConv2d(_BinaryMixin, nn.Conv2d):
@@ -140,6 +170,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
     it. Note: zero padding pads the *binarized* input with 0 (not +-1), as in
     ReActNet / BiDense.
     """
+    _channel_shape = (1, -1, 1, 1)
 
     def __init__(self, in_channels: int, out_channels: int,
                  kernel_size: Union[int, Tuple[int, int]],
@@ -158,9 +189,18 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
                               1, preset)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.exact_inference():
+            # channels-last maps, as the packed kernels write them: the FP
+            # operations that follow (norms, resizes, pooling) round alike
+            # only on the same memory layout
+            return self.exact_forward(x).to(x.dtype).contiguous(
+                memory_format=torch.channels_last)
         x_b, w_b = self.quantized_input(x), self.quantized_weight()
         with self.binary_operands(x_b, w_b):
             return self._conv_forward(x_b, w_b, self.bias)
+
+    def _sign_product(self, x: Tensor, w: Tensor) -> Tensor:
+        return self._conv_forward(x, w, None)
 
 
 class TokenNorm(nn.Module):
@@ -183,6 +223,13 @@ class TokenNorm(nn.Module):
             raise ValueError(f'TokenNorm expects tokens (B, N, C), got shape '
                              f'{tuple(x.shape)}')
         return self.bn(x.transpose(1, 2)).transpose(1, 2)
+
+
+def _running_batchnorm(m: nn.Module) -> bool:
+    """An eval-mode BatchNorm that uses running statistics (foldable)."""
+    return (isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not m.training and m.track_running_stats
+            and m.running_mean is not None)
 
 
 def _build_norm(kind: str, channels: int) -> nn.Module:
@@ -246,12 +293,27 @@ class BinaryLinearUnit(nn.Module):
         y = self.linear(x)
         if self.norm is None:
             return y
-        y = self.norm(y)
+        y = self._norm(y)
         if self.shortcut is not None:
             y = y + self.shortcut(x)
         if isinstance(self.act, TokenRPReLU):
             return self.act(y, hw)
         return self.act(y)
+
+
+    def _norm(self, y: Tensor) -> Tensor:
+        """``norm(y)``; in the exact inference arithmetic
+        (:mod:`mmseg_didb.binary.exact`) a LayerNorm with float64 statistics
+        and an eval-mode token BatchNorm as ``y * g + c``."""
+        if not self.linear.exact_inference():
+            return self.norm(y)
+        if isinstance(self.norm, nn.LayerNorm):
+            return layer_norm_exact(y, self.norm.weight, self.norm.bias,
+                                    self.norm.eps).to(y.dtype)
+        if isinstance(self.norm, TokenNorm) and _running_batchnorm(
+                self.norm.bn):
+            return batchnorm_exact(y, self.norm.bn, -1)
+        return self.norm(y)
 
 
 class BinaryConvUnit(nn.Module):
@@ -325,7 +387,11 @@ class BinaryConvUnit(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:
-        y = self.norm(self.conv(x))
+        y = self.conv(x)
+        if self.conv.exact_inference() and _running_batchnorm(self.norm):
+            y = batchnorm_exact(y, self.norm, 1)  # mmseg_didb.binary.exact
+        else:
+            y = self.norm(y)
         if self.bypass is not None:
             b = self.bypass(x)
             if b.shape[-2:] != y.shape[-2:]:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .exact import mean_exact
+
 __all__ = [
     'ChannelPReLU', 'RPReLU', 'TokenGrid', 'TokenRPReLU', 'resize_token_map'
 ]
@@ -265,7 +267,7 @@ class TokenRPReLU(RPReLU):
             tg, tz = self.token_maps(hw, x.shape[1])
             tg, tz = tg.to(x.dtype), tz.to(x.dtype)
         else:
-            m = x.mean(dim=-1, keepdim=True)
+            m = mean_exact(x, -1, keepdim=True)
             tg = m * self.dyn_gamma.to(x.dtype)
             tz = m * self.dyn_zeta.to(x.dtype)
         return super().forward(x - tg) + tz

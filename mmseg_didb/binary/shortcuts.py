@@ -1,9 +1,37 @@
 """Parameter-free FP shortcuts of the binary units (BinaryViT-Le's shortcut,
 BiDense's CFB bypass)."""
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ['ChannelShortcut', 'MergeShortcut', 'ConvBypass']
+__all__ = ['ChannelShortcut', 'MergeShortcut', 'ConvBypass', 'group_mean']
+
+
+def group_mean(x: Tensor, out_channels: int, count: Optional[Tensor] = None,
+               dim: int = -1) -> Tensor:
+    """Mean of the channel groups ``{j, j + out, j + 2 out, ...}`` of ``x``
+    on ``dim``: the narrowing map of :class:`ChannelShortcut`.
+
+    The groups are added one after another and the sum divided by the
+    group size (``count`` per output channel when the widths do not
+    divide), an order the packed kernels repeat, so both round alike.
+    """
+    dim = dim % x.dim()
+    c = x.shape[dim]
+    total = x.narrow(dim, 0, out_channels)
+    for start in range(out_channels, c, out_channels):
+        part = x.narrow(dim, start, min(out_channels, c - start))
+        if part.shape[dim] == out_channels:
+            total = total + part
+        else:  # the last, shorter group
+            head = total.narrow(dim, 0, part.shape[dim]) + part
+            total = torch.cat([head, total.narrow(
+                dim, part.shape[dim], out_channels - part.shape[dim])], dim)
+    if count is None:
+        return total / (c // out_channels)
+    return total / count.to(x.dtype).view(
+        [-1 if d == dim else 1 for d in range(x.dim())])
 
 
 class ChannelShortcut(nn.Module):
@@ -68,19 +96,7 @@ class ChannelShortcut(nn.Module):
             reps = [1] * x.dim()
             reps[dim] = self.out_channels // self.in_channels
             return x.repeat(reps)
-        groups = -(-self.in_channels // self.out_channels)  # ceil
-        if self.count is not None:
-            # zero-pad to groups * out channels; count holds the true sizes
-            pad = list(x.shape)
-            pad[dim] = groups * self.out_channels - self.in_channels
-            x = torch.cat([x, x.new_zeros(pad)], dim)
-        shape = list(x.shape)
-        shape[dim:dim + 1] = [groups, self.out_channels]
-        if self.count is None:
-            return x.reshape(shape).mean(dim=dim)
-        count = self.count.to(x.dtype).view(
-            [-1 if d == dim else 1 for d in range(x.dim())])
-        return x.reshape(shape).sum(dim=dim) / count
+        return group_mean(x, self.out_channels, self.count, dim)
 
     def extra_repr(self) -> str:
         return (f'{self.in_channels}, {self.out_channels}, mode={self.mode}, '

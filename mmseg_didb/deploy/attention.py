@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..binary.quantizers import SAB, ElasticUnsigned
+from ..binary.quantizers import SAB, ElasticUnsigned, binary_level
 from . import kernels
 from .kernels import binary_matmul, mask_matmul, pack_signs
 from .layers import InputBinarizer, binarizer_on
@@ -80,12 +80,6 @@ def haar_split_tokens(x: Tensor, h: int, w: int, extra: int = 0,
     return list(kernels._C.haar_split_tokens(x, h, w, extra, low))
 
 
-def _magnitude(q: nn.Module) -> float:
-    """The value of +1 after a binarizer: BiT's alpha, else 1."""
-    alpha = getattr(q, 'alpha', None)
-    return float(alpha.detach().reshape(-1)[0]) if alpha is not None else 1.0
-
-
 class PackedAttentionMatmuls(nn.Module):
     """Bit-packed ``Q K^T`` and ``Ab V`` of a binary attention.
 
@@ -116,6 +110,24 @@ class PackedAttentionMatmuls(nn.Module):
         d = q.shape[-1]
         dot = binary_matmul(pack_signs(q), pack_signs(k), d)
         return dot.to(q.dtype) * self.qk_scales[branch]
+
+    @staticmethod
+    def dots(q: Tensor, k: Tensor) -> Tensor:
+        """Exact integer ``sign(q) sign(k)^T`` (XNOR-popcount) of ``(..., N,
+        d)`` binarized queries and keys, float32 (exact inference)."""
+        return binary_matmul(pack_signs(q), pack_signs(k),
+                             q.shape[-1]).float()
+
+    @staticmethod
+    def counts(mask: Tensor, signs: Tensor) -> Tensor:
+        """Exact integer ``mask @ signs`` (AND-popcount) of a ``{0, 1}``
+        key mask ``(..., N, N)`` and value signs ``(..., N, d)``, float32
+        (exact inference)."""
+        n = mask.shape[-1]
+        # zero-padded keys (signs 0, packed as +1) must count as 0
+        mask = mask * signs[..., :1].abs().transpose(-2, -1)
+        return mask_matmul(pack_signs(mask - 0.5),
+                           pack_signs(signs.transpose(-2, -1)), n).float()
 
     def aggregate(self, attn: Tensor, v: Tensor) -> Tensor:
         """``attn @ v`` for ``{0, a}`` probabilities and sign values."""
@@ -155,7 +167,7 @@ class PackedAttention(PackedAttentionMatmuls):
         self.q_bits = nn.ModuleList(InputBinarizer(q) for q in qs)
         self.k_bits = nn.ModuleList(InputBinarizer(k) for k in ks)
         self.v_bits = InputBinarizer(v_q)
-        self.v_magnitude = _magnitude(v_q)
+        self.v_magnitude = binary_level(v_q)
         self.prob_mode = 1 if isinstance(a_q, SAB) else 0
         self.prob_ratio = float(getattr(a_q, 'ratio', 0.25))
 
@@ -215,11 +227,11 @@ def packed_attention(attn: nn.Module) -> Optional[PackedAttentionMatmuls]:
     qs, ks, v_q, a_q = attn.matmul_binarizers()
     qk = None
     if all(binarizer_on(q, 'activation') for q in qs + ks):
-        qk = [_magnitude(q) * _magnitude(k) for q, k in zip(qs, ks)]
+        qk = [binary_level(q) * binary_level(k) for q, k in zip(qs, ks)]
     av = None
-    prob = _magnitude(a_q)
+    prob = binary_level(a_q)
     if binarizer_on(a_q, 'attention') and binarizer_on(v_q, 'activation'):
-        av = prob * _magnitude(v_q)
+        av = prob * binary_level(v_q)
     if qk is None and av is None:
         return None
     heads = attn.num_heads

@@ -8,8 +8,8 @@ head) and, in eval mode,
   :class:`~mmseg_didb.deploy.PackedBinaryLinear`;
 * replaces every binary conv (``BinaryConv2d``, the conv units of the binary
   neck and heads) by a :class:`~mmseg_didb.deploy.PackedBinaryConv2d` and
-  folds the BatchNorm that follows it in its unit into the output scale and
-  bias;
+  fuses the BatchNorm that follows it in its unit into the kernel's
+  write-back;
 * gives every binary attention (a module with ``matmul_binarizers()`` and a
   ``binary_matmuls`` slot, e.g. ``DIDBAttention``) packed ``Q K^T``
   (XNOR-popcount, each HFSC branch) and ``Ab V`` (AND-popcount of the
@@ -95,18 +95,10 @@ def _pack_child(parent: nn.Module, name: str, child: nn.Module, full: str,
             report.kept_fp.append(full)
         return True
     if isinstance(child, BinaryConv2d):
+        # a norm after it stays its parent's module, as in the trained model
         if _packable(child):
-            packed = PackedBinaryConv2d.from_binary(child)
-            setattr(parent, name, packed)
+            setattr(parent, name, PackedBinaryConv2d.from_binary(child))
             report.convs.append(full)
-            norm = getattr(parent, 'norm', None)
-            if (fold_norms and name == 'conv' and norm is not None
-                    and _is_batchnorm(norm)):
-                packed.fold_bn(norm)
-                parent.norm = nn.Identity()
-                report.folded_norms.append(
-                    full.rsplit('.', 1)[0] + '.norm' if '.' in full else
-                    'norm')
         else:
             report.kept_fp.append(full)
         return True
@@ -122,8 +114,9 @@ def convert_to_packed(model: nn.Module, inplace: bool = False,
     Args:
         model: a trained model (any ``nn.Module``); it is put in eval mode.
         inplace: convert ``model`` itself instead of a deep copy.
-        fold_norms: fold the BatchNorm of each binary conv unit (and the
-            token BatchNorm of a linear unit) into the packed layer.
+        fold_norms: fuse the BatchNorm of each binary conv unit (and the
+            token BatchNorm of a linear unit) into the packed layer's
+            write-back (False: pack the layer alone).
         exclude: names of submodules left as they are (with what is under
             them): by default mmseg's auxiliary heads, which only train.
 

@@ -39,6 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..binary.exact import layer_norm_exact, mean_exact
+from ..binary.shortcuts import group_mean
+
 __all__ = [
     'kernels_available', 'kernel_variant', 'set_kernel_variant',
     'kernel_variants', 'use_native', 'pack_signs', 'unpack_signs',
@@ -235,9 +238,9 @@ def binary_matmul(a: Tensor, b: Tensor, k: int) -> Tensor:
 class UnitEpilogue:
     """The FP tail of a binary unit, applied to every output row ``y``:
 
-    ``act(norm(y) + shortcut(res))`` with ``norm`` a LayerNorm
-    (``ln_weight``, ``ln_bias``, ``eps``; a BatchNorm is folded into the
-    layer's scale and bias instead), ``shortcut`` the channel map of
+    ``act(norm(y) + shortcut(res))`` with ``norm`` an eval-mode BatchNorm
+    ``y * bn_scale + bn_shift`` or a LayerNorm with float64 statistics
+    (``ln_weight``, ``ln_bias``, ``eps``), ``shortcut`` the channel map of
     :class:`~mmseg_didb.binary.ChannelShortcut` applied to the rows ``res``
     (identity, tiling, group mean with sizes ``res_count``), and ``act``
     ``PReLU_c(t - gamma_c - g'_n) + zeta_c + z'_n`` (``slope`` given: PReLU;
@@ -249,6 +252,8 @@ class UnitEpilogue:
     reference of the tests); the C++ kernels run the same operations in the
     GEMM's write-back.
     """
+    bn_scale: Optional[Tensor] = None
+    bn_shift: Optional[Tensor] = None
     ln_weight: Optional[Tensor] = None
     ln_bias: Optional[Tensor] = None
     eps: float = 1e-5
@@ -271,9 +276,10 @@ class UnitEpilogue:
     def apply(self, y: Tensor) -> Tensor:
         """The tail on float rows ``y`` ``(rows, N)``."""
         n = y.shape[-1]
+        if self.bn_scale is not None:
+            y = y * self.bn_scale + self.bn_shift
         if self.ln_weight is not None:
-            y = F.layer_norm(y, (n, ), self.ln_weight, self.ln_bias,
-                             self.eps)
+            y = layer_norm_exact(y, self.ln_weight, self.ln_bias, self.eps)
         if self.res is not None:
             y = y + _channel_map(self.res.float(), n, self.res_count)
         if self.slope is None:
@@ -285,7 +291,7 @@ class UnitEpilogue:
             tz = self.token_zeta.float().reshape(-1).repeat(reps)[:, None]
             t = t - tg
         if self.dyn_gamma is not None:
-            mean = y.mean(dim=-1, keepdim=True)
+            mean = mean_exact(y, -1, keepdim=True)
             t = t - mean * self.dyn_gamma
         if self.gamma is not None:
             t = t - self.gamma
@@ -307,11 +313,7 @@ def _channel_map(x: Tensor, n: int, count: Optional[Tensor]) -> Tensor:
         return x
     if c < n:
         return x[:, torch.arange(n, device=x.device) % c]
-    groups = -(-c // n)
-    padded = F.pad(x, (0, groups * n - c)).reshape(-1, groups, n).sum(1)
-    if count is None:
-        return padded / groups
-    return padded / count.to(x)
+    return group_mean(x, n, count, -1)
 
 
 def binary_linear(a: Tensor, b: Tensor, k: int, scale: Tensor,

@@ -8,7 +8,7 @@ eval-mode output: the weight signs are packed once, with the weight scale
 binarized and packed on the fly by the layer's own input binarizer (its
 learned shift, running magnitude, ASM statistics or BiT scale decide the
 bits), and one XNOR-popcount kernel gives ``dot * a_in * a_r + bias``. A
-``BatchNorm`` that follows the layer folds into that output scale and bias
+``BatchNorm`` that follows the layer runs in the kernel's write-back
 (:meth:`PackedBinaryConv2d.fold_bn`).
 """
 from typing import Optional, Sequence, Tuple
@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..binary.exact import (affine_of, batchnorm_affine, mean_exact,
+                            weight_signs)
 from ..binary.quantizers import (ApproxSign, ASMSign, ElasticSign, RSign,
                                  SignSTE)
 from .conv_kernels import binary_conv2d, pack_conv_input, pack_conv_weight
@@ -39,7 +41,8 @@ class InputBinarizer(nn.Module):
     ``bit = x / m_c + shift >= 0`` with the running magnitude ``m`` (if the
     binarizer scales its input) and a shift that is the learned per-channel
     bias (RSign, BiT elastic) or, for ASM, ``-(b_c + k_c * mean(x / m))``
-    per sample. The output magnitude is 1, or BiT's ``alpha``.
+    per sample. The output magnitude (1, or BiT's ``alpha``) is part of
+    the layer's output scale (:func:`~mmseg_didb.binary.exact.affine_of`).
 
     Args:
         quantizer: an enabled activation binarizer of the preset table.
@@ -74,15 +77,12 @@ class InputBinarizer(nn.Module):
         self.register_buffer(
             'asm_k', quantizer.k.detach().clone().float() if self.asm else
             None)
-        alpha = (quantizer.alpha.detach().clone().float().reshape(())
-                 if isinstance(quantizer, ElasticSign) else torch.ones(()))
-        self.register_buffer('out_scale', alpha)
 
     def asm_shift(self, t: Tensor, channel_dim: int) -> Tensor:
         """ASM's per-sample shift of the (scaled) input ``t``: (B, C)."""
         dim = channel_dim % t.dim()
         red = [d for d in range(1, t.dim()) if d != dim]
-        mean = t.float().mean(dim=red) if red else t.float()
+        mean = mean_exact(t.float(), red) if red else t.float()
         mean = mean.reshape(t.shape[0], -1)
         return self.shift + self.asm_k * mean
 
@@ -123,26 +123,17 @@ class InputBinarizer(nn.Module):
         return pack_conv_input(t, None, -self.asm_shift(t, 1))
 
 
-def _weight_bits_and_scale(layer: nn.Module) -> Tuple[Tensor, Tensor]:
-    """The trained layer's weight pattern (True = +1) and per-row scale."""
-    q = layer.weight_quantizer
-    if not binarizer_on(q, 'weight'):
+def _weight_bits_and_affine(layer: nn.Module) -> Tuple[Tensor, Tensor]:
+    """The trained layer's weight pattern (True = +1) and the per-output
+    scale of its integer dot (weight scale times input level,
+    :func:`~mmseg_didb.binary.exact.affine_of`)."""
+    if not binarizer_on(layer.weight_quantizer, 'weight'):
         raise ValueError('the layer has no enabled weight binarizer: its '
                          'weights are not binary, so it cannot run on '
                          'bit-packed kernels')
-    w = layer.weight.detach()
-    with torch.no_grad():
-        if not bool(getattr(q, 'initialized', True)):
-            q(w)  # lazy scale init, as the first forward would do
-        pattern = q.latent(w) >= 0
-        scale = q.scale(w).detach().float().reshape(-1)
-    rows = w.shape[0]
-    if scale.numel() == 1:
-        scale = scale.expand(rows)
-    if scale.numel() != rows:
-        raise ValueError(f'weight scale of {scale.numel()} values for '
-                         f'{rows} rows')
-    return pattern, scale.clone()
+    pattern, _ = weight_signs(layer)
+    scale, _ = affine_of(layer)
+    return pattern, scale
 
 
 class _PackedLayer(nn.Module):
@@ -156,27 +147,38 @@ class _PackedLayer(nn.Module):
         self.register_buffer('scale', scale.float())
         self.register_buffer('bias', None if bias is None else
                              bias.detach().clone().float())
+        # a following BatchNorm fused into the write-back (fold_bn)
+        self.register_buffer('bn_scale', None)
+        self.register_buffer('bn_shift', None)
         self.binarizer = binarizer
 
+    @staticmethod
+    def exact_inference() -> bool:
+        """A packed layer always computes the exact inference arithmetic
+        (:mod:`mmseg_didb.binary.exact`): the parts of its unit that stay
+        modules use it too."""
+        return True
+
     def output_scale(self) -> Tensor:
-        """``a_in * a_r`` per output: what multiplies the integer dot."""
-        return self.scale * self.binarizer.out_scale
+        """``a_r * a_in`` per output (a folded BatchNorm included): what
+        multiplies the integer dot."""
+        return self.scale
 
     def fold_bn(self, bn: nn.Module) -> None:
-        """Fold an eval-mode BatchNorm (any dimension) that follows this
-        layer into the output scale and bias: ``BN(s * dot + b) = (s g) dot + (b - mu) g +
-        beta`` with ``g = gamma / sqrt(var + eps)``."""
-        if bn.running_mean is None or not bn.track_running_stats:
-            raise ValueError('can only fold a BatchNorm with running stats')
-        g = bn.running_var.detach().float().add(bn.eps).rsqrt()
-        if bn.weight is not None:
-            g = g * bn.weight.detach().float()
-        b = (torch.zeros_like(g) if self.bias is None else self.bias)
-        b = (b - bn.running_mean.detach().float()) * g
-        if bn.bias is not None:
-            b = b + bn.bias.detach().float()
-        self.scale = self.scale * g
-        self.bias = b
+        """Fuse an eval-mode BatchNorm (any dimension) that follows this
+        layer into the kernel's write-back: ``y * g + c`` after ``dot *
+        scale + bias`` (:func:`~mmseg_didb.binary.exact.batchnorm_affine`,
+        the fake-quantized model's exact inference arithmetic)."""
+        self.bn_scale, self.bn_shift = batchnorm_affine(bn)
+
+    def with_bn(self, epilogue: Optional[UnitEpilogue]
+                ) -> Optional[UnitEpilogue]:
+        """``epilogue`` with the fused BatchNorm (if any) added."""
+        if self.bn_scale is None:
+            return epilogue
+        epilogue = UnitEpilogue() if epilogue is None else epilogue
+        epilogue.bn_scale, epilogue.bn_shift = self.bn_scale, self.bn_shift
+        return epilogue
 
 
 class PackedBinaryLinear(_PackedLayer):
@@ -199,7 +201,7 @@ class PackedBinaryLinear(_PackedLayer):
         weight and input binarizers are both enabled."""
         if not isinstance(layer, nn.Linear):
             raise TypeError(f'expected a BinaryLinear, got {type(layer)}')
-        pattern, scale = _weight_bits_and_scale(layer)
+        pattern, scale = _weight_bits_and_affine(layer)
         binarizer = InputBinarizer(layer.input_quantizer)
         return cls(layer.in_features, layer.out_features, pack_bits(pattern),
                    scale, layer.bias, binarizer)
@@ -218,7 +220,7 @@ class PackedBinaryLinear(_PackedLayer):
         rows, div, add, per = self.binarizer.rows_rule(x)
         return binary_linear_unit(rows, self.in_features, self.weight_words,
                                   self.output_scale(), self.bias, div, add,
-                                  per, epilogue)
+                                  per, self.with_bn(epilogue))
 
     def extra_repr(self) -> str:
         return (f'in_features={self.in_features}, out_features='
@@ -276,7 +278,7 @@ class PackedBinaryConv2d(_PackedLayer):
             else:
                 raise ValueError("padding='same' with an even kernel needs "
                                  'asymmetric padding; use numeric padding')
-        pattern, scale = _weight_bits_and_scale(layer)
+        pattern, scale = _weight_bits_and_affine(layer)
         words, pop = pack_conv_weight(pattern)
         return cls(layer.in_channels, layer.out_channels, kernel,
                    _pair(layer.stride), _pair(padding), dilation, words, pop,
@@ -301,7 +303,8 @@ class PackedBinaryConv2d(_PackedLayer):
         y = binary_conv2d(bits, x.shape[-2:], self.weight_words,
                           self.weight_pop, self.in_channels, self.kernel_size,
                           self.stride, self.padding, self.dilation,
-                          self.output_scale(), self.bias, epilogue)
+                          self.output_scale(), self.bias,
+                          self.with_bn(epilogue))
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -11,8 +11,10 @@ channels, the FP channel shortcut of the input row, (R)PReLU and the Token
 RPReLU terms. :class:`PackedBinaryLinearUnit` and
 :class:`PackedBinaryConvUnit` run them in the GEMM's write-back
 (:class:`~mmseg_didb.deploy.kernels.UnitEpilogue`) instead of as separate
-passes over memory; a BatchNorm after the binary layer folds into its output
-scale and bias. Units with other parts (a GroupNorm, another activation)
+passes over memory, a BatchNorm after the binary layer included. The
+operations are those of the unit's exact inference arithmetic
+(:mod:`mmseg_didb.binary.exact`), so the results are the unit's bit for
+bit. Units with other parts (a GroupNorm, another activation)
 keep them as modules, applied after the fused part.
 """
 from typing import Dict, Optional, Sequence, Tuple
@@ -64,7 +66,7 @@ class PackedBinaryLinearUnit(nn.Module):
     resized once per grid and cached.
 
     Args:
-        linear: the packed binary linear (a TokenNorm already folded in).
+        linear: the packed binary linear (a TokenNorm already fused in).
         ln: the unit's LayerNorm, or None.
         shortcut: the unit's FP shortcut (ChannelShortcut, MergeShortcut)
             or None.
@@ -150,14 +152,14 @@ class PackedBinaryLinearUnit(nn.Module):
 
 class PackedBinaryConvUnit(nn.Module):
     """Inference :class:`~mmseg_didb.binary.BinaryConvUnit` on packed
-    kernels: BatchNorm folded, bypass and (R)PReLU fused into the kernel.
+    kernels: BatchNorm, bypass and (R)PReLU fused into the kernel.
 
     Build with :meth:`from_unit`. Outputs are channels-last (a row of
     channels per pixel), the layout the kernel writes; later FP operations
     keep it.
 
     Args:
-        conv: the packed binary convolution (BatchNorm folded in).
+        conv: the packed binary convolution (BatchNorm fused in).
         bypass: the unit's FP bypass, or None.
         act: the unit's activation.
     """

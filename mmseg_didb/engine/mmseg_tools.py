@@ -18,14 +18,14 @@ import os
 import os.path as osp
 import runpy
 import sys
-from typing import Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from mmengine.logging import print_log
 
 from ..compat import UNSAFE_LOAD_ENV, add_unsafe_load_argument
 
 __all__ = ['TOOLBOXES', 'tool_path', 'config_toolbox', 'run_openmmlab_tool',
-           'plugin_parser', 'extra_custom_hooks']
+           'plugin_parser', 'extra_custom_hooks', 'edited_runner_configs']
 
 #: toolboxes whose tools run the plugin's configs (by ``default_scope``),
 #: and the plugin module each needs imported first
@@ -122,14 +122,15 @@ def run_openmmlab_tool(name: str, parser: argparse.ArgumentParser,
 
 
 @contextlib.contextmanager
-def extra_custom_hooks(hooks: List[dict]) -> Iterator[None]:
-    """Append ``hooks`` to the ``custom_hooks`` of every config the
-    Runner is built from (``Runner.from_cfg``) inside the context."""
+def edited_runner_configs(edit: Callable[[Any], None]) -> Iterator[None]:
+    """Inside the context, every Runner built from a config
+    (``Runner.from_cfg``, as the toolboxes' tools do) first has ``edit``
+    applied to its config."""
     from mmengine.runner import Runner
     original = Runner.__dict__['from_cfg']
 
     def from_cfg(cls, cfg):
-        cfg.custom_hooks = list(cfg.get('custom_hooks', None) or []) + hooks
+        edit(cfg)
         return original.__func__(cls, cfg)
 
     Runner.from_cfg = classmethod(from_cfg)
@@ -137,3 +138,13 @@ def extra_custom_hooks(hooks: List[dict]) -> Iterator[None]:
         yield
     finally:
         Runner.from_cfg = original
+
+
+def extra_custom_hooks(hooks: List[dict]) -> contextlib.AbstractContextManager:
+    """Append ``hooks`` to the ``custom_hooks`` of every config the
+    Runner is built from (``Runner.from_cfg``) inside the context."""
+
+    def edit(cfg) -> None:
+        cfg.custom_hooks = list(cfg.get('custom_hooks', None) or []) + hooks
+
+    return edited_runner_configs(edit)

@@ -37,13 +37,15 @@ from typing import Callable, Dict, Optional, Type
 from .activation import ApproxSign, ASMSign, ElasticSign, RSign, SignSTE
 from .attention import SAB, ElasticUnsigned, prob_level_init
 from .base import (ActivationQuantizer, AttentionQuantizer, BinaryQuantizer,
-                   PositiveAlpha, RunningMagnitude, WeightQuantizer)
+                   PositiveAlpha, RunningMagnitude, WeightQuantizer,
+                   binary_level)
 from .functions import sign
 from .weight import BWNWeight, PWSWeight, ReActWeight, SignWeight
 
 __all__ = [
     'PositiveAlpha', 'RunningMagnitude', 'BinaryQuantizer',
-    'ActivationQuantizer', 'WeightQuantizer', 'AttentionQuantizer', 'sign', 'SignSTE', 'ApproxSign', 'RSign',
+    'ActivationQuantizer', 'WeightQuantizer', 'AttentionQuantizer', 'sign',
+    'binary_level', 'SignSTE', 'ApproxSign', 'RSign',
     'ElasticSign', 'ASMSign', 'SignWeight', 'ReActWeight', 'BWNWeight',
     'PWSWeight', 'ElasticUnsigned', 'SAB', 'WEIGHT_QUANTIZERS',
     'ACT_QUANTIZERS', 'ATTN_QUANTIZERS', 'build_weight_quantizer',

@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..exact import mean_exact
 from .base import ActivationQuantizer, PositiveAlpha
 from .functions import _EPS, _ElasticSignFn, _SignApprox, _SignClippedSTE
 
@@ -122,7 +123,7 @@ class ASMSign(ActivationQuantizer):
         """The per-sample, per-channel shift b_c + k_c * mean_tokens(x)."""
         dim = self.channel_dim % x.dim()
         red = [d for d in range(1, x.dim()) if d != dim]
-        mean = x.mean(dim=red, keepdim=True) if red else x
+        mean = mean_exact(x, red, keepdim=True) if red else x
         if self.detach_stats:
             mean = mean.detach()
         return self._per_channel(self.bias, x) + self._per_channel(

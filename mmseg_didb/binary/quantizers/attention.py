@@ -62,6 +62,9 @@ class ElasticUnsigned(PositiveAlpha, AttentionQuantizer):
     def quantize(self, a: Tensor) -> Tensor:
         return _ElasticUnsignedFn.apply(a, self.alpha)
 
+    def output_level(self) -> Tensor:
+        return self.alpha.detach()
+
 
 class SAB(AttentionQuantizer):
     """Softmax-aware binarization ``1[A >= ratio * rowmax(A)]`` (BiViT).

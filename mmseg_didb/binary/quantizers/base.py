@@ -129,6 +129,13 @@ class RunningMagnitude(nn.Module):
                 f'momentum={self.momentum}')
 
 
+def binary_level(quantizer: nn.Module) -> float:
+    """The value of ``+1`` after a binarizer (its :meth:`output_level`, e.g.
+    BiT's ``alpha``) as a Python float; 1 for a module without levels."""
+    level = getattr(quantizer, 'output_level', None)
+    return 1.0 if level is None else float(level().reshape(-1)[0])
+
+
 class BinaryQuantizer(nn.Module):
     """Base class: ``forward`` is ``quantize(x)`` when enabled, else ``x``.
 
@@ -235,3 +242,8 @@ class WeightQuantizer(BinaryQuantizer):
 class AttentionQuantizer(BinaryQuantizer):
     """Binarizer of attention probabilities (softmax outputs)."""
     kind: ClassVar[str] = 'attention'
+
+    def output_level(self) -> Tensor:
+        """The nonzero value ``a`` of the (enabled) outputs ``{0, a}``: 1
+        unless the binarizer learns it."""
+        return torch.ones(())

@@ -100,7 +100,8 @@ class _ElasticUnsignedFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, alpha: Tensor) -> Tensor:
         ctx.save_for_backward(a, alpha)
-        q = a.float() / alpha
+        # at least float32; float64 probabilities (exact inference) stay so
+        q = a.to(torch.promote_types(a.dtype, torch.float32)) / alpha
         return (q.round().clamp(0, 1) * alpha).to(a.dtype)
 
     @staticmethod

@@ -35,13 +35,14 @@ struct AttnArgs {
   int64_t batch = 0, ntok = 0, extra = 0, h = 0, w = 0;
   int64_t wh = 0, ww = 0, sh = 0, sw = 0;  // window (0: one global window)
   int64_t heads = 0, dqk = 0, dv = 0;      // per head, multiples of 32
-  float qk_scale[2] = {1.f, 1.f};
-  float scale = 1.f;
+  double qk_scale[2] = {1., 1.};
+  double scale = 1.;
   const float* mix = nullptr;   // (heads, branches) or null
   const float* bias = nullptr;  // (heads, N, N) or null
   const float* mask = nullptr;  // (windows, N, N) or null
   int prob_mode = 0;            // 0: {0, a} (BiT); 1: SAB, A >= r max A
-  float prob_a = 1.f, prob_ratio = 0.25f;
+  float prob_a = 1.f;
+  double prob_ratio = 0.25;
   float av_scale = 1.f, v_mag = 1.f;
   const float* diba_s = nullptr;  // (C,) l_s, or null (no shortcut term)
   const float* diba_l = nullptr;  // (C,) l_l, or null (no local term)
@@ -49,58 +50,42 @@ struct AttnArgs {
 };
 
 // ------------------------------------------------------------ row kernels
-// s[j] for the keys j < nk of one query (kbt[b][w * ldk + j]: word w of key
-// j; invalid keys count as zero vectors).
-inline void scores_row_generic(const AttnArgs& a, const uint32_t* const* qw,
-                               const uint32_t* const* kbt, int64_t ldk,
-                               int64_t nk, const int32_t* valid,
-                               const float* mix, const float* bias,
-                               const float* mask, float* s) {
+// The scores, the softmax and the key mask run in float64 from the exact
+// integer dots, in the operations of the model's exact inference
+// (HFSCSimilarity.exact_scores, mmseg_didb.binary.exact): a probability
+// within float32 rounding of the {0, a} threshold is common at real input
+// sizes, within float64 rounding it is not.
+//
+// dots[b * nk + j] = Q_b K_b^T of key j (0 for invalid keys, counted as
+// zero vectors).
+inline void dots_row_generic(const AttnArgs& a, const uint32_t* const* qw,
+                             const uint32_t* const* kbt, int64_t ldk,
+                             int64_t nk, const int32_t* valid,
+                             int32_t* dots) {
   const int64_t wq = a.dqk / 32;
-  for (int64_t j = 0; j < nk; ++j) {
-    float acc = 0.f;
-    for (int b = 0; b < a.branches; ++b) {
+  for (int b = 0; b < a.branches; ++b)
+    for (int64_t j = 0; j < nk; ++j) {
       int64_t pop = 0;
       for (int64_t q = 0; q < wq; ++q)
         pop += __builtin_popcount(qw[b][q] ^ kbt[b][q * ldk + j]);
-      const float dot = valid[j] ? static_cast<float>(a.dqk - 2 * pop) : 0.f;
-      float sb = dot * a.qk_scale[b] * a.scale;
-      if (mix) sb = sb * mix[b];
-      acc = b ? acc + sb : sb;
+      dots[b * nk + j] =
+          valid[j] ? static_cast<int32_t>(a.dqk - 2 * pop) : 0;
     }
-    if (bias) acc = acc + bias[j];
-    if (mask) acc = acc + mask[j];
-    s[j] = acc;
-  }
-}
-
-// exp(s - max) in place; returns their sum.
-inline float softmax_row_generic(float* s, int64_t nk) {
-  float mx = s[0];
-  for (int64_t j = 1; j < nk; ++j) mx = std::max(mx, s[j]);
-  float sum = 0.f;
-  for (int64_t j = 0; j < nk; ++j) {
-    s[j] = std::exp(s[j] - mx);
-    sum += s[j];
-  }
-  return sum;
 }
 
 #if DIDB_X86
 __attribute__((target("avx512f,avx512vpopcntdq"))) inline void
-scores_row_avx512(const AttnArgs& a, const uint32_t* const* qw,
-                  const uint32_t* const* kbt, int64_t ldk, int64_t nk,
-                  const int32_t* valid, const float* mix, const float* bias,
-                  const float* mask, float* s) {
+dots_row_avx512(const AttnArgs& a, const uint32_t* const* qw,
+                const uint32_t* const* kbt, int64_t ldk, int64_t nk,
+                const int32_t* valid, int32_t* dots) {
   const int64_t wq = a.dqk / 32;
   const __m512i d = _mm512_set1_epi32(static_cast<int>(a.dqk));
-  for (int64_t j = 0; j < nk; j += 16) {
-    const __mmask16 m = nk - j >= 16 ? static_cast<__mmask16>(0xffff)
-                                     : static_cast<__mmask16>((1u << (nk - j)) - 1u);
-    const __mmask16 ok = _mm512_mask_cmpneq_epi32_mask(
-        m, _mm512_maskz_loadu_epi32(m, valid + j), _mm512_setzero_si512());
-    __m512 acc = _mm512_setzero_ps();
-    for (int b = 0; b < a.branches; ++b) {
+  for (int b = 0; b < a.branches; ++b)
+    for (int64_t j = 0; j < nk; j += 16) {
+      const __mmask16 m = nk - j >= 16 ? static_cast<__mmask16>(0xffff)
+                                       : static_cast<__mmask16>((1u << (nk - j)) - 1u);
+      const __mmask16 ok = _mm512_mask_cmpneq_epi32_mask(
+          m, _mm512_maskz_loadu_epi32(m, valid + j), _mm512_setzero_si512());
       __m512i pop = _mm512_setzero_si512();
       for (int64_t q = 0; q < wq; ++q) {
         const __m512i kv = _mm512_maskz_loadu_epi32(m, kbt[b] + q * ldk + j);
@@ -108,65 +93,96 @@ scores_row_avx512(const AttnArgs& a, const uint32_t* const* qw,
             pop, _mm512_popcnt_epi32(_mm512_xor_si512(
                      _mm512_set1_epi32(static_cast<int>(qw[b][q])), kv)));
       }
-      const __m512i dot = _mm512_maskz_sub_epi32(ok, d, _mm512_slli_epi32(pop, 1));
-      __m512 sb = _mm512_mul_ps(
-          _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(a.qk_scale[b])),
-          _mm512_set1_ps(a.scale));
-      if (mix) sb = _mm512_mul_ps(sb, _mm512_set1_ps(mix[b]));
-      acc = b ? _mm512_add_ps(acc, sb) : sb;
+      _mm512_mask_storeu_epi32(
+          dots + b * nk + j, m,
+          _mm512_maskz_sub_epi32(ok, d, _mm512_slli_epi32(pop, 1)));
     }
-    if (bias) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, bias + j));
-    if (mask) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, mask + j));
-    _mm512_mask_storeu_ps(s + j, m, acc);
-  }
+}
+#endif
+
+// exp(x) in float64 for x <= 0: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by
+// its Taylor polynomial of degree 13 (truncation below 1e-17), times 2^n
+// built in the exponent bits; rounding to the nearest n by the 1.5 * 2^52
+// trick, so that the loop vectorises on every instruction set. Below
+// -708 (2^n subnormal) it returns exp(-708), far below any threshold.
+__attribute__((always_inline)) inline double exp_neg(double x) {
+  const double kMagic = 6755399441055744.0;  // 1.5 * 2^52
+  x = x < -708.0 ? -708.0 : x;
+  const double t = x * 1.4426950408889634 + kMagic;
+  const double n = t - kMagic;
+  double r = x - n * 0.693147180369123816490;
+  r = r - n * 1.90821492927058770002e-10;
+  double p = 1.0 / 6227020800.0;
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  int64_t bits;
+  std::memcpy(&bits, &t, sizeof bits);
+  // the low mantissa bits of t hold n (two's complement)
+  const int64_t e = (bits - 0x4338000000000000LL + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &e, sizeof scale);
+  return p * scale;
 }
 
-// exp(x) for x <= 0 (softmax inputs after the max): x = n ln2 + r,
-// exp(r) by a degree-6 polynomial on |r| <= ln2 / 2, times 2^n (scalef).
-// Relative error about 1 ulp; exp(0) = 1 exactly.
-__attribute__((target("avx512f"))) inline __m512 exp_ps_avx512(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-103.f));
-  const __m512 n = _mm512_roundscale_ps(
-      _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f)));
-  r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(-2.12194440e-4f)));
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 r2 = _mm512_mul_ps(r, r);
-  p = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, r2), r),
-                    _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
+// s[j] = sum_b ((dot_bj qk_b) scale) mix_b + bias_j + mask_j in float64,
+// then exp(s_j - max s) in place; returns the sum of the exps.
+__attribute__((always_inline)) inline double softmax_row_body(
+    const AttnArgs& a, const int32_t* dots, int64_t nk, const float* mix,
+    const float* bias, const float* mask, double* s) {
+  for (int64_t j = 0; j < nk; ++j) {
+    double acc = 0.;
+    for (int b = 0; b < a.branches; ++b) {
+      double sb = static_cast<double>(dots[b * nk + j]) * a.qk_scale[b];
+      sb = sb * a.scale;
+      if (mix) sb = sb * static_cast<double>(mix[b]);
+      acc = b ? acc + sb : sb;
+    }
+    if (bias) acc = acc + static_cast<double>(bias[j]);
+    if (mask) acc = acc + static_cast<double>(mask[j]);
+    s[j] = acc;
+  }
+  double mx = s[0];
+  for (int64_t j = 1; j < nk; ++j) mx = s[j] > mx ? s[j] : mx;
+  for (int64_t j = 0; j < nk; ++j) s[j] = exp_neg(s[j] - mx);
+  double sum = 0.;
+  for (int64_t j = 0; j < nk; ++j) sum += s[j];
+  return sum;
 }
 
-__attribute__((target("avx512f"))) inline float softmax_row_avx512(
-    float* s, int64_t nk) {
-  __m512 mx = _mm512_set1_ps(-INFINITY);
-  for (int64_t j = 0; j < nk; j += 16) {
-    const __mmask16 m = nk - j >= 16 ? static_cast<__mmask16>(0xffff)
-                                     : static_cast<__mmask16>((1u << (nk - j)) - 1u);
-    mx = _mm512_mask_max_ps(mx, m, mx, _mm512_maskz_loadu_ps(m, s + j));
-  }
-  const __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-  __m512 sum = _mm512_setzero_ps();
-  for (int64_t j = 0; j < nk; j += 16) {
-    const __mmask16 m = nk - j >= 16 ? static_cast<__mmask16>(0xffff)
-                                     : static_cast<__mmask16>((1u << (nk - j)) - 1u);
-    const __m512 e = exp_ps_avx512(
-        _mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), vmax));
-    _mm512_mask_storeu_ps(s + j, m, e);
-    sum = _mm512_mask_add_ps(sum, m, sum, e);
-  }
-  return _mm512_reduce_add_ps(sum);
+inline double softmax_row_generic(const AttnArgs& a, const int32_t* dots,
+                                  int64_t nk, const float* mix,
+                                  const float* bias, const float* mask,
+                                  double* s) {
+  return softmax_row_body(a, dots, nk, mix, bias, mask, s);
+}
+
+#if DIDB_X86
+__attribute__((target("avx2"))) inline double softmax_row_avx2(
+    const AttnArgs& a, const int32_t* dots, int64_t nk, const float* mix,
+    const float* bias, const float* mask, double* s) {
+  return softmax_row_body(a, dots, nk, mix, bias, mask, s);
+}
+
+__attribute__((target("avx512f,avx512dq"))) inline double softmax_row_avx512(
+    const AttnArgs& a, const int32_t* dots, int64_t nk, const float* mix,
+    const float* bias, const float* mask, double* s) {
+  return softmax_row_body(a, dots, nk, mix, bias, mask, s);
 }
 #endif  // DIDB_X86
 
 // ------------------------------------------------------- DIBA local map
-// L[t][c] = l_l[c] (9 (box / 9 - v_tc)), box the sum of v over the 3x3
+// L[t][c] = l_l[c] (box - 9 v_tc), box the sum of v over the 3x3
 // neighbourhood of grid token t (zero padding), for every grid token of
 // image b; 0 for extra tokens. Separable box sums of the +-1 signs (int8).
 __attribute__((always_inline)) inline void diba_local_body(
@@ -214,7 +230,7 @@ __attribute__((always_inline)) inline void diba_local_body(
       const int box = hs[c] + ku * up[c] + kd * dn[c];
       const float bf = vm * static_cast<float>(box);
       const float vi = vm * static_cast<float>(s[c]);
-      ot[c] = ll[c] * (9.f * (bf / 9.f - vi));
+      ot[c] = ll[c] * (bf - 9.f * vi);
     }
   }
 }
@@ -239,46 +255,30 @@ struct AttnScratch {
   std::vector<uint32_t> kbt[2];   // [word][key]
   std::vector<u64> vt;            // [key word][channel]: value sign bits
   std::vector<u64> kvalid;        // key words of valid keys
-  std::vector<float> s;           // scores of one query
+  std::vector<int32_t> dots;      // integer dots of one query, per branch
+  std::vector<double> s;          // scores, then exps, of one query
   std::vector<u64> mrow;          // key mask of one query
   std::vector<int64_t> pos;       // per channel: selected keys with v = +1
 };
 
-// Key-mask bits of one query: A_j = e_j / sum, bit = A_j / a > 0.5 ({0, a})
-// or A_j >= r max A (SAB).
-inline void mask_row(const AttnArgs& a, const float* e, int64_t nk, float inv,
-                     u64* m) {
+// Key-mask bits of one query from the exps e_j and their sum: A_j =
+// e_j / sum, bit = A_j / a > 0.5 ({0, a}: round(A / a) >= 1) or
+// A_j >= r max A (SAB), in float64.
+inline void mask_row(const AttnArgs& a, const double* e, int64_t nk,
+                     double sum, u64* m) {
   const int64_t kw = (nk + 63) / 64;
   for (int64_t q = 0; q < kw; ++q) m[q] = 0;
-  float amax = 0.f;
+  const double pa = static_cast<double>(a.prob_a);
+  double amax = 0.;
   if (a.prob_mode == 1)
-    for (int64_t j = 0; j < nk; ++j) amax = std::max(amax, e[j] * inv);
-  const float thr = a.prob_mode == 1 ? a.prob_ratio * amax : 0.f;
+    for (int64_t j = 0; j < nk; ++j) amax = std::max(amax, e[j] / sum);
+  const double thr = a.prob_ratio * amax;
   for (int64_t j = 0; j < nk; ++j) {
-    const float p = e[j] * inv;
-    const bool on = a.prob_mode == 0 ? p / a.prob_a > 0.5f : p >= thr;
+    const double p = e[j] / sum;
+    const bool on = a.prob_mode == 0 ? p / pa > 0.5 : p >= thr;
     m[j / 64] |= static_cast<u64>(on) << (j % 64);
   }
 }
-
-#if DIDB_X86
-__attribute__((target("avx512f"))) inline void mask_row_avx512(
-    const AttnArgs& a, const float* e, int64_t nk, float inv, u64* m) {
-  if (a.prob_mode != 0) return mask_row(a, e, nk, inv, m);
-  const int64_t kw = (nk + 63) / 64;
-  for (int64_t q = 0; q < kw; ++q) m[q] = 0;
-  const __m512 vinv = _mm512_set1_ps(inv), va = _mm512_set1_ps(a.prob_a);
-  const __m512 half = _mm512_set1_ps(0.5f);
-  for (int64_t j = 0; j < nk; j += 16) {
-    const __mmask16 ld = nk - j >= 16 ? static_cast<__mmask16>(0xffff)
-                                      : static_cast<__mmask16>((1u << (nk - j)) - 1u);
-    const __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(ld, e + j), vinv);
-    const __mmask16 on = _mm512_mask_cmp_ps_mask(ld, _mm512_div_ps(p, va),
-                                                 half, _CMP_GT_OQ);
-    m[j / 64] |= static_cast<u64>(on) << (j % 64);
-  }
-}
-#endif
 
 // pos[c] = popcount(m AND vt[., c]) for the dv channels of a head.
 inline void aggregate_generic(const u64* m, const u64* vt, int64_t kw,
@@ -310,7 +310,7 @@ aggregate_avx512(const u64* m, const u64* vt, int64_t kw, int64_t dv,
 // Queries [q0, q1) of window `win` of image b (keys: the whole window).
 // local: the DIBA local map of diba_local_map (or null).
 inline void attn_window(const AttnArgs& a, int64_t b, int64_t win, int64_t q0,
-                        int64_t q1, bool avx512, const float* local,
+                        int64_t q1, int isa, const float* local,
                         AttnScratch& sc) {
   const bool global = a.wh == 0;
   int64_t nk, wpy = 0, wpx = 0;
@@ -346,6 +346,7 @@ inline void attn_window(const AttnArgs& a, int64_t b, int64_t win, int64_t q0,
   for (int br = 0; br < a.branches; ++br) sc.kbt[br].resize(wq * ldk);
   sc.vt.resize(kw * a.dv);
   sc.s.resize(nk + 16);
+  sc.dots.resize(a.branches * nk + 16);
   sc.mrow.resize(kw);
   sc.pos.resize(a.dv);
   for (int64_t hd = 0; hd < a.heads; ++hd) {
@@ -381,31 +382,26 @@ inline void attn_window(const AttnArgs& a, int64_t b, int64_t win, int64_t q0,
       const uint32_t* qw[2];
       for (int br = 0; br < a.branches; ++br)
         qw[br] = a.q[br] + (b * a.ntok + ti) * a.qk_ld + hd * wq;
-      float* s = sc.s.data();
+      double* s = sc.s.data();
+      int32_t* dots = sc.dots.data();
       const float* br = a.bias ? a.bias + (hd * nk + i) * nk : nullptr;
       const float* mr = a.mask ? a.mask + (win * nk + i) * nk : nullptr;
+      double sum;
 #if DIDB_X86
-      if (avx512)
-        scores_row_avx512(a, qw, kb, ldk, nk, sc.valid.data(), mix, br, mr,
-                          s);
-      else
+      if (isa >= kAvx512) {
+        dots_row_avx512(a, qw, kb, ldk, nk, sc.valid.data(), dots);
+        sum = softmax_row_avx512(a, dots, nk, mix, br, mr, s);
+      } else if (isa >= kAvx2) {
+        dots_row_generic(a, qw, kb, ldk, nk, sc.valid.data(), dots);
+        sum = softmax_row_avx2(a, dots, nk, mix, br, mr, s);
+      } else
 #endif
-        scores_row_generic(a, qw, kb, ldk, nk, sc.valid.data(), mix, br, mr,
-                           s);
-      float sum;
-#if DIDB_X86
-      if (avx512)
-        sum = softmax_row_avx512(s, nk);
-      else
-#endif
-        sum = softmax_row_generic(s, nk);
+      {
+        dots_row_generic(a, qw, kb, ldk, nk, sc.valid.data(), dots);
+        sum = softmax_row_generic(a, dots, nk, mix, br, mr, s);
+      }
       u64* m = sc.mrow.data();
-#if DIDB_X86
-      if (avx512)
-        mask_row_avx512(a, s, nk, 1.f / sum, m);
-      else
-#endif
-        mask_row(a, s, nk, 1.f / sum, m);
+      mask_row(a, s, nk, sum, m);
       int64_t cnt = 0, cnt_valid = 0;
       for (int64_t q = 0; q < kw; ++q) {
         cnt += __builtin_popcountll(m[q]);
@@ -413,7 +409,7 @@ inline void attn_window(const AttnArgs& a, int64_t b, int64_t win, int64_t q0,
       }
       int64_t* pos = sc.pos.data();
 #if DIDB_X86
-      if (avx512)
+      if (isa >= kAvx512)
         aggregate_avx512(m, sc.vt.data(), kw, a.dv, pos);
       else
 #endif

@@ -348,7 +348,7 @@ c10::optional<at::Tensor> entry(const Epilogue& ep, const char* name) {
 Unit make_unit(int64_t rows, int64_t n, const Epilogue& ep, double eps,
                bool tokens) {
   static const char* const kNames[] = {
-      "ln_weight", "ln_bias", "res", "res_count", "slope", "gamma", "zeta",
+      "bn_scale", "bn_shift", "ln_weight", "ln_bias", "res", "res_count", "slope", "gamma", "zeta",
       "token_gamma", "token_zeta", "dyn_gamma", "dyn_zeta"};
   for (const auto& kv : ep) {
     TORCH_CHECK(std::find_if(std::begin(kNames), std::end(kNames),
@@ -368,12 +368,16 @@ Unit make_unit(int64_t rows, int64_t n, const Epilogue& ep, double eps,
   Unit u;
   didb::UnitParams& p = u.p;
   p.n = n;
+  p.bn_g = u.vec(entry(ep, "bn_scale"), n, "bn_scale");
+  p.bn_c = u.vec(entry(ep, "bn_shift"), n, "bn_shift");
+  TORCH_CHECK((p.bn_g == nullptr) == (p.bn_c == nullptr),
+              "a batch norm needs both bn_scale and bn_shift");
   p.ln_w = u.vec(ln_w, n, "ln_weight");
   p.ln_b = u.vec(ln_b, n, "ln_bias");
   TORCH_CHECK((p.ln_w == nullptr) == (p.ln_b == nullptr),
               "layer norm needs both ln_weight and ln_bias");
   p.ln = p.ln_w != nullptr;
-  p.eps = static_cast<float>(eps);
+  p.eps = eps;
   if (res.has_value() && res->defined()) {
     at::Tensor r = res->to(at::kFloat).contiguous();
     TORCH_CHECK(r.dim() == 2 && r.size(0) == rows,
@@ -589,7 +593,7 @@ at::Tensor window_attention(
     a.k[b] = words32_of(k[b], batch, ntok, "k");
     TORCH_CHECK(q[b].size(2) == q[0].size(2) && k[b].size(2) == q[0].size(2),
                 "q and k maps must have the same words");
-    a.qk_scale[b] = static_cast<float>(qk_scale[b]);
+    a.qk_scale[b] = qk_scale[b];
   }
   a.qk_ld = 2 * q[0].size(2);
   TORCH_CHECK(heads * dqk <= 32 * a.qk_ld, "q/k maps hold fewer channels");
@@ -608,7 +612,7 @@ at::Tensor window_attention(
   a.heads = heads;
   a.dqk = dqk;
   a.dv = dv;
-  a.scale = static_cast<float>(scale);
+  a.scale = scale;
   const int64_t nk = wh ? wh * ww : ntok;
   const int64_t nwin = wh ? ((grid_h + wh - 1) / wh) * ((grid_w + ww - 1) / ww)
                           : 1;
@@ -623,7 +627,7 @@ at::Tensor window_attention(
   TORCH_CHECK(prob_mode == 0 || prob_mode == 1, "prob_mode must be 0 or 1");
   a.prob_mode = static_cast<int>(prob_mode);
   a.prob_a = static_cast<float>(prob_a);
-  a.prob_ratio = static_cast<float>(prob_ratio);
+  a.prob_ratio = prob_ratio;
   a.av_scale = static_cast<float>(av_scale);
   a.v_mag = static_cast<float>(v_mag);
   a.diba_s = ptr(ds);
@@ -660,7 +664,7 @@ at::Tensor window_attention(
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / (nwin * per_win), r = t % (nwin * per_win);
       const int64_t win = r / per_win, q0 = (r % per_win) * qblk;
-      didb::attn_window(a, b, win, q0, std::min(nk, q0 + qblk), avx512, lp,
+      didb::attn_window(a, b, win, q0, std::min(nk, q0 + qblk), g_isa, lp,
                         sc);
     }
   });

@@ -4,8 +4,8 @@
 //
 // applied in place to rows of the GEMM output while they are in cache
 // (mmseg_didb.binary.BinaryLinearUnit / BinaryConvUnit at inference):
-//   norm:     LayerNorm over the row (a BatchNorm is folded into scale and
-//             bias before);
+//   norm:     an eval-mode BatchNorm y * g + c, or a LayerNorm over the
+//             row with float64 statistics;
 //   shortcut: the FP channel shortcut of a residual row r (the unit input,
 //             or its pooled bypass): identity, cyclic tiling (widening) or
 //             the mean of channel groups (narrowing), as ChannelShortcut;
@@ -13,7 +13,8 @@
 //             RPReLU, and Token RPReLU with static per-token maps g', z' or
 //             dynamic ones (g'_nc = kg_c mean_c(y_n)).
 // The float operations run in the order of the PyTorch modules they
-// replace.
+// replace, in the exact inference arithmetic of mmseg_didb.binary.exact,
+// so the results are those of the fake-quantized model bit for bit.
 #pragma once
 
 #include <cmath>
@@ -25,11 +26,14 @@ namespace didb {
 
 struct UnitParams {
   int64_t n = 0;  // channels of a row
+  // eval-mode BatchNorm: y * bn_g + bn_c
+  const float* bn_g = nullptr;
+  const float* bn_c = nullptr;
   // LayerNorm
   bool ln = false;
   const float* ln_w = nullptr;
   const float* ln_b = nullptr;
-  float eps = 1e-5f;
+  double eps = 1e-5;
   // shortcut: res + row * res_ld holds res_c channels
   const float* res = nullptr;
   int64_t res_ld = 0, res_c = 0;
@@ -46,27 +50,48 @@ struct UnitParams {
   const float* dyn_z = nullptr;
 };
 
-// Sum of a row in 16 independent lanes (vectorisable without reassociating
-// a single accumulator).
-__attribute__((always_inline)) inline float row_sum(const float* y,
-                                                    int64_t n) {
-  float s[16] = {0};
+// Sum of a row in float64, 8 independent lanes (vectorisable without
+// reassociating a single accumulator). The float32 statistics rounded from
+// it do not depend on the order of the sum (mmseg_didb.binary.exact).
+__attribute__((always_inline)) inline double row_sum64(const float* y,
+                                                       int64_t n) {
+  double s[8] = {0};
   int64_t j = 0;
-  for (; j + 16 <= n; j += 16)
-    for (int l = 0; l < 16; ++l) s[l] += y[j + l];
-  float sum = 0.f;
-  for (int l = 0; l < 16; ++l) sum += s[l];
-  for (; j < n; ++j) sum += y[j];
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) s[l] += static_cast<double>(y[j + l]);
+  double sum = 0.;
+  for (int l = 0; l < 8; ++l) sum += s[l];
+  for (; j < n; ++j) sum += static_cast<double>(y[j]);
+  return sum;
+}
+
+// sum_j (y_j - m)^2 in float64, as row_sum64.
+__attribute__((always_inline)) inline double row_sqdev64(const float* y,
+                                                         int64_t n,
+                                                         double m) {
+  double s[8] = {0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) {
+      const double d = static_cast<double>(y[j + l]) - m;
+      s[l] += d * d;
+    }
+  double sum = 0.;
+  for (int l = 0; l < 8; ++l) sum += s[l];
+  for (; j < n; ++j) {
+    const double d = static_cast<double>(y[j]) - m;
+    sum += d * d;
+  }
   return sum;
 }
 
 // The body is inlined into one function per instruction set (below), so
-// that the compiler vectorises it for each; reductions run in 16 lanes.
+// that the compiler vectorises it for each.
 __attribute__((always_inline)) inline void unit_rows_body(
     const UnitParams& p, float* out, int64_t ldc, int64_t r0, int64_t r1) {
   // locals, so that the compiler knows the stores to y touch none of them
   const int64_t n = p.n, res_c = p.res_c, res_ld = p.res_ld, tok_n = p.tok_n;
-  const float eps = p.eps;
+  const double eps = p.eps;
   const float* __restrict__ ln_w = p.ln_w;
   const float* __restrict__ ln_b = p.ln_b;
   const float* __restrict__ res = p.res;
@@ -78,24 +103,20 @@ __attribute__((always_inline)) inline void unit_rows_body(
   const float* __restrict__ tok_z = p.tok_z;
   const float* __restrict__ dyn_g = p.dyn_g;
   const float* __restrict__ dyn_z = p.dyn_z;
+  const float* __restrict__ bn_g = p.bn_g;
+  const float* __restrict__ bn_c = p.bn_c;
   const bool ln = p.ln, act = p.act;
   for (int64_t r = r0; r < r1; ++r) {
     float* __restrict__ y = out + r * ldc;
-    if (ln) {
-      const float mean = row_sum(y, n) / static_cast<float>(n);
-      float q[16] = {0};
-      int64_t j = 0;
-      for (; j + 16 <= n; j += 16)
-        for (int l = 0; l < 16; ++l) {
-          const float d = y[j + l] - mean;
-          q[l] += d * d;
-        }
-      float var = 0.f;
-      for (int l = 0; l < 16; ++l) var += q[l];
-      for (; j < n; ++j) var += (y[j] - mean) * (y[j] - mean);
-      var /= static_cast<float>(n);
-      const float rstd = 1.f / std::sqrt(var + eps);
-      for (j = 0; j < n; ++j) y[j] = (y[j] - mean) * rstd * ln_w[j] + ln_b[j];
+    if (bn_g)  // binary.exact.batchnorm_exact
+      for (int64_t j = 0; j < n; ++j) y[j] = y[j] * bn_g[j] + bn_c[j];
+    if (ln) {  // binary.exact.layer_norm_exact
+      const double mean64 = row_sum64(y, n) / static_cast<double>(n);
+      const double var64 = row_sqdev64(y, n, mean64) / static_cast<double>(n);
+      const float mean = static_cast<float>(mean64);
+      const float rstd = static_cast<float>(1.0 / std::sqrt(var64 + eps));
+      for (int64_t j = 0; j < n; ++j)
+        y[j] = (y[j] - mean) * rstd * ln_w[j] + ln_b[j];
     }
     if (res) {
       const float* __restrict__ x = res + r * res_ld;
@@ -134,7 +155,8 @@ __attribute__((always_inline)) inline void unit_rows_body(
         tg = tok_g[r % tok_n];
         tz = tok_z[r % tok_n];
       }
-      if (dyn_g) mean = row_sum(y, n) / static_cast<float>(n);
+      if (dyn_g)  // binary.exact.mean_exact
+        mean = static_cast<float>(row_sum64(y, n) / static_cast<double>(n));
       // one vectorisable pass per term, in the modules' order
       if (tok_g)
         for (int64_t j = 0; j < n; ++j) y[j] = y[j] - tg;
@@ -172,7 +194,7 @@ __attribute__((target("avx512f"))) inline void unit_rows_avx512(
 #endif
 
 inline bool unit_has_work(const UnitParams& p) {
-  return p.ln || p.res || p.act;
+  return p.bn_g || p.ln || p.res || p.act;
 }
 
 inline void unit_rows(int isa, const UnitParams& p, float* out, int64_t ldc,

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmseg_didb.binary.compact import ternary_saves
+from mmseg_didb.binary.exact import compute_dtype
 from mmseg_didb.binary.presets import BinaryPreset
 from .tokens import join_token_grid, split_token_grid
 
@@ -59,7 +60,8 @@ class DIBAggregation(nn.Module):
 
     def forward(self, attn: Tensor, v: Tensor,
                 matmuls: Optional[nn.Module] = None,
-                binary: bool = False) -> Tensor:
+                binary: bool = False,
+                levels: Optional[Tuple[float, float]] = None) -> Tensor:
         """``Ab V`` plus the shortcut term, per head.
 
         Args:
@@ -68,7 +70,11 @@ class DIBAggregation(nn.Module):
             matmuls: Packed products of a deployed model, or None.
             binary: Both ``attn`` and ``v`` are binary (``{0, a}`` and
                 ``{-1, 0, +1}``): ``Ab V`` saves them compactly for backward.
+            levels: ``(a, m)``, the levels of ``Ab`` and ``V``, for exact
+                inference (:meth:`exact_forward`).
         """
+        if levels is not None:
+            return self.exact_forward(attn, v, *levels, matmuls=matmuls)
         if matmuls is not None:
             out = matmuls.aggregate(attn, v)
         else:
@@ -78,23 +84,65 @@ class DIBAggregation(nn.Module):
             out = out + self.shortcut_term(attn, v)
         return out
 
+    def exact_forward(self, attn: Tensor, v: Tensor, prob_level: float,
+                      v_level: float,
+                      matmuls: Optional[nn.Module] = None) -> Tensor:
+        """:meth:`forward` of inference, from exact integer counts.
+
+        With ``M = 1[Ab > 0]`` and ``n = M sign(V)`` (integers; AND-popcounts
+        in a deployed model), ``Ab V = n * (a m)`` and ``k_i = a * sum_j
+        M_ij``, each rounded once in float32, as the packed kernels compute
+        them (docs/method.md, "Exact inference"); zero-padded values count
+        as 0.
+        """
+        dtype = compute_dtype(v)
+        mask = (attn > 0).to(dtype)
+        signs = torch.sign(v.to(dtype))
+        counts = mask @ signs if matmuls is None else matmuls.counts(
+            mask, signs)
+        like = dict(dtype=dtype, device=v.device)
+        out = counts * torch.tensor(prob_level * v_level, **like)
+        if self.shortcut_scale is not None:
+            row_sum = mask.sum(dim=-1, keepdim=True) * torch.tensor(
+                prob_level, **like)
+            l_s = self.shortcut_scale.detach().to(dtype).view(
+                1, self.num_heads, 1, self.head_dims)
+            out = out + (l_s - row_sum) * v.to(dtype)
+        return out.to(v.dtype)
+
     def shortcut_term(self, attn: Tensor, v: Tensor) -> Tensor:
         """``(l_s - k_i) v_i`` with ``k_i`` the row sum of ``Ab``."""
         row_sum = attn.sum(dim=-1, keepdim=True)
         l_s = self.shortcut_scale.view(1, self.num_heads, 1, self.head_dims)
         return (l_s - row_sum) * v
 
-    def local_term(self, v: Tensor, hw: Tuple[int, int]) -> Tensor:
+    def local_term(self, v: Tensor, hw: Tuple[int, int],
+                   v_level: Optional[float] = None) -> Tensor:
         """``l_l * sum_{j in N8(i)} (v_j - v_i)`` on the full map ``(B, N, C)``,
         zero padding; 0 at extra tokens. Needs ``preset.diba_local``.
 
-        The neighbour sum is ``9 * (avg3x3(v) - v)`` (the 3x3 box holds
-        ``v_i``).
+        The neighbour sum is ``box3x3(v) - 9 v_i`` (the 3x3 box holds
+        ``v_i``). ``v_level``: exact inference, the box from the integer
+        box of ``sign(V)`` times the level of ``V`` (as the packed kernels).
         """
         if self.local_scale is None:
             raise RuntimeError('the DIBA local term is off in this preset '
                                '(diba_local=False)')
         extra, grid = split_token_grid(v, hw, self.num_extra_tokens)
-        box = F.avg_pool2d(grid, 3, stride=1, padding=1, count_include_pad=True)
-        diff = join_token_grid(torch.zeros_like(extra), 9.0 * (box - grid))
-        return self.local_scale * diff
+        if v_level is None:
+            box = _box_sum(grid)
+            return self.local_scale * join_token_grid(
+                torch.zeros_like(extra), box - 9.0 * grid)
+        dtype = compute_dtype(grid)
+        grid = grid.to(dtype)
+        box = _box_sum(torch.sign(grid)) * torch.tensor(
+            v_level, dtype=dtype, device=grid.device)
+        diff = join_token_grid(torch.zeros_like(extra, dtype=dtype),
+                               box - 9.0 * grid)
+        return (self.local_scale.detach().to(dtype) * diff).to(v.dtype)
+
+
+def _box_sum(grid: Tensor) -> Tensor:
+    """Sum over each 3x3 neighbourhood (zero padding) of ``(B, C, H, W)``."""
+    return F.avg_pool2d(grid, 3, stride=1, padding=1, count_include_pad=True,
+                        divisor_override=1)

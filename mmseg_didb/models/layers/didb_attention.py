@@ -19,6 +19,7 @@ import torch.nn as nn
 from mmseg_didb.binary.compact import binarizers_on
 from mmseg_didb.binary.layers import BinaryLinearUnit
 from mmseg_didb.binary.presets import BinaryPreset, expect_preset
+from mmseg_didb.binary.quantizers import binary_level
 from mmseg_didb.binary.rprelu import GridLike, TokenGrid
 from .diba import DIBAggregation
 from .hfsc import HFSCSimilarity, act_binarizer
@@ -167,6 +168,23 @@ class DIDBAttention(nn.Module):
         qs, ks = self.similarity.binarizers()
         return qs, ks, self.v_quant, self.attn_quant
 
+    def exact_inference(self) -> bool:
+        """Whether this call decides its attention bits exactly: inference
+        (no autograd) of a fully binary attention.
+
+        The binarized probabilities are then computed from exact integer
+        dots with a float64 softmax, and ``Ab V`` and the DIBA terms from
+        integer counts (:meth:`HFSCSimilarity.exact_scores`,
+        :meth:`DIBAggregation.exact_forward`), the arithmetic of the packed
+        kernels: a float32 softmax puts probabilities within rounding of the
+        ``{0, a}`` threshold often enough at real input sizes that two
+        implementations would flip some of them. Training keeps the model's
+        dtype (docs/method.md, "Exact inference").
+        """
+        qs, ks, v_q, a_q = self.matmul_binarizers()
+        return not torch.is_grad_enabled() and binarizers_on(
+            qs + ks + [v_q, a_q])
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for key in [k for k in state_dict if k.startswith(prefix)]:
             new = prefix + legacy_attention_key(key[len(prefix):])
@@ -193,7 +211,8 @@ class DIDBAttention(nn.Module):
             ``(Bw, N, C)``: ``Ab V`` plus the DIBA shortcut term.
         """
         N = v.shape[1]
-        scores = self.similarity(qs, ks, self.binary_matmuls)
+        exact = self.exact_inference()
+        scores = self.similarity(qs, ks, self.binary_matmuls, exact)
         if rel_pos_bias is not None:
             scores = scores + rel_pos_bias.unsqueeze(0)
         if attn_mask is not None:
@@ -204,9 +223,12 @@ class DIDBAttention(nn.Module):
         attn = scores.softmax(dim=-1)
         # dropout first, so that Ab keeps its values {0, a}
         attn = self.attn_quant(self.attn_drop(attn))
+        levels = ((binary_level(self.attn_quant), binary_level(self.v_quant))
+                  if exact else None)
         out = self.aggregation(attn, split_heads(v, self.num_heads),
                                self.binary_matmuls,
-                               binarizers_on((self.attn_quant, self.v_quant)))
+                               binarizers_on((self.attn_quant, self.v_quant)),
+                               levels)
         return merge_heads(out)
 
     def forward(self,
@@ -269,5 +291,7 @@ class DIDBAttention(nn.Module):
                               attn_mask)
             out = from_windows(out, hw, window, shift)
         if self.aggregation.local_scale is not None:
-            out = out + self.aggregation.local_term(v, hw)
+            v_level = (binary_level(self.v_quant) if self.exact_inference()
+                       else None)
+            out = out + self.aggregation.local_term(v, hw, v_level)
         return out

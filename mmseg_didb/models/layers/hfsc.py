@@ -11,9 +11,10 @@ from torch import Tensor, nn
 from mmseg_didb.binary.compact import binarizers_on, ternary_saves
 from mmseg_didb.binary.haar import haar_split
 from mmseg_didb.binary.presets import BinaryPreset
+from mmseg_didb.binary.quantizers import binary_level
 from .tokens import join_token_grid, split_heads, split_token_grid
 
-__all__ = ['HFSCSimilarity', 'UnitFactory', 'act_binarizer']
+__all__ = ['HFSCSimilarity', 'UnitFactory', 'act_binarizer', 'sign_dots']
 
 #: ``unit(in_features, out_features, bias)`` -> a binary linear unit that
 #: takes ``(tokens, hw)``
@@ -24,6 +25,12 @@ def act_binarizer(preset: BinaryPreset, channels: int) -> nn.Module:
     """The preset's activation binarizer for tokens (``nn.Identity`` if FP)."""
     q = preset.act_quantizer(channels, channel_dim=-1)
     return nn.Identity() if q is None else q
+
+
+def sign_dots(q: Tensor, k: Tensor) -> Tensor:
+    """``sign(q) sign(k)^T`` of binarized ``(..., N, d)`` queries and keys:
+    integers, exact in float32 (0 rows for zero padding)."""
+    return torch.sign(q.float()) @ torch.sign(k.float()).transpose(-2, -1)
 
 
 class HFSCSimilarity(nn.Module):
@@ -114,13 +121,18 @@ class HFSCSimilarity(nn.Module):
         return qs, ks
 
     def forward(self, qs: List[Tensor], ks: List[Tensor],
-                matmuls: Optional[nn.Module] = None) -> Tensor:
+                matmuls: Optional[nn.Module] = None,
+                exact: bool = False) -> Tensor:
         """Scores ``S`` ``(B, heads, N, N)`` from per-branch ``(B, N, d_qk)``
         queries/keys (of one window each).
 
         ``matmuls``: the packed products of a deployed model
         (:class:`~mmseg_didb.deploy.attention.PackedAttentionMatmuls`).
+        ``exact``: inference on binary queries and keys: the scores of
+        :meth:`exact_scores` (float64).
         """
+        if exact:
+            return self.exact_scores(qs, ks, matmuls)
         scores = None
         binary = self.binary_scores()
         for i, (q, k) in enumerate(zip(qs, ks)):
@@ -132,6 +144,28 @@ class HFSCSimilarity(nn.Module):
                     s = (q * self.scale) @ k.transpose(-2, -1)
             if self.mode != 'off':
                 s = s * self.mix[:, i].view(1, -1, 1, 1)
+            scores = s if scores is None else scores + s
+        return scores
+
+    def exact_scores(self, qs: List[Tensor], ks: List[Tensor],
+                     matmuls: Optional[nn.Module] = None) -> Tensor:
+        """The scores of inference, float64 from exact integer dots.
+
+        ``S = sum_b ((D_b l_qb l_kb) / sqrt(d)) b_b`` with ``D_b = sign(Q_b)
+        sign(K_b)^T`` (integers; XNOR-popcounts in a deployed model) and
+        ``l`` the binarizers' levels, each product rounded once in float64,
+        in this order. The packed kernels compute the same operations, so
+        the probabilities binarized after the softmax agree with them up to
+        float64 rounding (docs/method.md, "Exact inference").
+        """
+        scores = None
+        for i, (q, k, qb, kb) in enumerate(zip(qs, ks, *self.binarizers())):
+            q, k = split_heads(q, self.num_heads), split_heads(k, self.num_heads)
+            dots = sign_dots(q, k) if matmuls is None else matmuls.dots(q, k)
+            s = dots.double() * (binary_level(qb) * binary_level(kb))
+            s = s * self.scale
+            if self.mode != 'off':
+                s = s * self.mix[:, i].detach().double().view(1, -1, 1, 1)
             scores = s if scores is None else scores + s
         return scores
 
