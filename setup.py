@@ -65,7 +65,9 @@ setup(
     python_requires='>=3.9',
     # Tested pins: requirements/constraints.txt (pip install -c ...).
     install_requires=read_requirements('runtime.txt'),
-    extras_require=dict(tests=read_requirements('tests.txt')),
+    # peers: the INT8 engines of tools/analysis/peer_bench.py
+    extras_require=dict(tests=read_requirements('tests.txt'),
+                        peers=read_requirements('peers.txt')),
     license='Apache-2.0',
     classifiers=[
         'Programming Language :: Python :: 3',

@@ -7,6 +7,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/tools/setup_env.sh"
+# the cross compiler and qemu-user of the ARM kernel test (where possible)
+bash "$ROOT/tools/setup_cross.sh"
 cd "$ROOT"
 
 # One BLAS/OpenMP thread per core, at most 4 (small test models gain nothing

@@ -431,4 +431,45 @@ inline void attn_window(const AttnArgs& a, int64_t b, int64_t win, int64_t q0,
   }
 }
 
+// ------------------------------------------------------------ the core
+// The DIBA local maps (into `local`, batch * ntok * heads * dv floats, when
+// a.diba_l), then every work item: an (image, window) or, for one global
+// window, a block of 64 queries. parallel_for(begin, end, f) runs f over
+// sub-ranges of [begin, end) (ATen's threads in the extension, a plain loop
+// in a standalone build).
+template <typename ParallelFor>
+void run_attention(const AttnArgs& a, int isa, float* local,
+                   ParallelFor&& parallel_for) {
+  const bool global = a.wh == 0;
+  const int64_t nk = global ? a.ntok : a.wh * a.ww;
+  const int64_t nwin = global ? 1
+                              : ((a.h + a.wh - 1) / a.wh) *
+                                    ((a.w + a.ww - 1) / a.ww);
+  const int64_t qblk = global ? 64 : nk;
+  const int64_t per_win = (nk + qblk - 1) / qblk;
+  if (a.diba_l) {
+    parallel_for(0, a.batch, [&](int64_t b0, int64_t b1) {
+      std::vector<int8_t> sgn(a.h * a.w * a.heads * a.dv);
+      std::vector<int8_t> hsum(sgn.size());
+      for (int64_t b = b0; b < b1; ++b) {
+#if DIDB_X86
+        if (isa >= kAvx512)
+          diba_local_map_avx512(a, b, sgn.data(), hsum.data(), local);
+        else
+#endif
+          diba_local_map_generic(a, b, sgn.data(), hsum.data(), local);
+      }
+    });
+  }
+  const float* lp = a.diba_l ? local : nullptr;
+  parallel_for(0, a.batch * nwin * per_win, [&](int64_t t0, int64_t t1) {
+    AttnScratch sc;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / (nwin * per_win), r = t % (nwin * per_win);
+      const int64_t win = r / per_win, q0 = (r % per_win) * qblk;
+      attn_window(a, b, win, q0, std::min(nk, q0 + qblk), isa, lp, sc);
+    }
+  });
+}
+
 }  // namespace didb

@@ -25,6 +25,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <memory>
@@ -635,39 +636,14 @@ at::Tensor window_attention(
   at::Tensor out = at::empty({batch, ntok, heads * dv},
                              v.options().dtype(at::kFloat));
   a.out = out.data_ptr<float>();
-  const bool avx512 = g_isa == didb::kAvx512;
-  // work items: (image, window) or, for one global window, query blocks
-  const int64_t qblk = wh ? nk : 64;
-  const int64_t per_win = (nk + qblk - 1) / qblk;
-  const int64_t items = batch * nwin * per_win;
   at::Tensor local;  // the DIBA local term, one map per image
-  if (a.diba_l) {
-    local = at::empty({batch, ntok, heads * dv}, out.options());
-    at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<int8_t> sgn(grid_h * grid_w * heads * dv);
-      std::vector<int8_t> hsum(sgn.size());
-      for (int64_t b = b0; b < b1; ++b) {
-#if DIDB_X86
-        if (avx512)
-          didb::diba_local_map_avx512(a, b, sgn.data(), hsum.data(),
-                                      local.data_ptr<float>());
-        else
-#endif
-          didb::diba_local_map_generic(a, b, sgn.data(), hsum.data(),
-                                       local.data_ptr<float>());
-      }
-    });
-  }
-  const float* lp = local.defined() ? local.data_ptr<float>() : nullptr;
-  at::parallel_for(0, items, 1, [&](int64_t t0, int64_t t1) {
-    didb::AttnScratch sc;
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / (nwin * per_win), r = t % (nwin * per_win);
-      const int64_t win = r / per_win, q0 = (r % per_win) * qblk;
-      didb::attn_window(a, b, win, q0, std::min(nk, q0 + qblk), g_isa, lp,
-                        sc);
-    }
-  });
+  if (a.diba_l) local = at::empty({batch, ntok, heads * dv}, out.options());
+  didb::run_attention(
+      a, g_isa, local.defined() ? local.data_ptr<float>() : nullptr,
+      [](int64_t begin, int64_t end, const std::function<void(
+                                          int64_t, int64_t)>& f) {
+        at::parallel_for(begin, end, 1, f);
+      });
   return out;
 }
 
