@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..deploy.labels import resize_argmax
+
 __all__ = ['PEER_PACKAGES', 'missing_peers', 'require_peers', 'LabelMap',
            'Engine', 'torch_engine', 'export_onnx', 'quantize_onnxruntime',
            'onnxruntime_engine', 'openvino_model', 'quantize_openvino',
@@ -63,14 +65,24 @@ class LabelMap(nn.Module):
 
     ``argmax_c resize(model(x))`` with ``model(x)`` the segmentor's logits
     (mmseg's ``mode='tensor'``) bilinearly resized to the input size.
+
+    Args:
+        segmentor: the model.
+        fused: resize and argmax in one pass
+            (:func:`mmseg_didb.deploy.resize_argmax`, the packed model's
+            deployment path); otherwise PyTorch's interpolation and argmax
+            (what the ONNX export holds).
     """
 
-    def __init__(self, segmentor: nn.Module) -> None:
+    def __init__(self, segmentor: nn.Module, fused: bool = False) -> None:
         super().__init__()
         self.segmentor = segmentor
+        self.fused = fused
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.segmentor(x)
+        if self.fused:
+            return resize_argmax(logits, x.shape[-2:])
         logits = F.interpolate(logits, size=x.shape[-2:], mode='bilinear',
                                align_corners=False)
         return logits.argmax(dim=1)
@@ -311,7 +323,7 @@ def run_peer_bench(cfg, work_dir: str, checkpoint: Optional[str] = None,
         binary.eval()
     else:
         _prepare_binary(binary, images)
-    packed = LabelMap(convert_to_packed(binary)).eval()
+    packed = LabelMap(convert_to_packed(binary), fused=True).eval()
     fake = LabelMap(binary).eval()
     with torch.no_grad():
         same = [agreement(fake(torch.from_numpy(i)).numpy(),

@@ -11,6 +11,8 @@ C++ extension ``mmseg_didb.deploy._C``; no OpenMMLab import).
   (norm, shortcut, activation) fused into the kernel.
 * :mod:`.convert`: :func:`convert_to_packed`, a whole model (segmentor,
   backbone, head) on packed layers and packed attention matmuls.
+* :mod:`.labels`: :func:`label_map`, a segmentor's label map with the
+  logits' resize and argmax fused (:func:`resize_argmax`).
 """
 from .conv_kernels import binary_conv2d, pack_conv_input, pack_conv_weight
 from .kernels import (UnitEpilogue, binary_linear, binary_linear_unit,
@@ -19,6 +21,7 @@ from .kernels import (UnitEpilogue, binary_linear, binary_linear_unit,
                       set_kernel_variant, unpack_signs, use_native)
 from .attention import PackedAttention, PackedAttentionMatmuls
 from .convert import PackReport, convert_to_packed
+from .labels import label_map, resize_argmax
 from .layers import InputBinarizer, PackedBinaryConv2d, PackedBinaryLinear
 from .units import PackedBinaryConvUnit, PackedBinaryLinearUnit
 
@@ -30,5 +33,5 @@ __all__ = [
     'UnitEpilogue', 'InputBinarizer', 'PackedBinaryLinear',
     'PackedBinaryConv2d', 'PackedBinaryLinearUnit', 'PackedBinaryConvUnit',
     'convert_to_packed', 'PackedAttentionMatmuls', 'PackedAttention',
-    'PackReport'
+    'PackReport', 'resize_argmax', 'label_map'
 ]

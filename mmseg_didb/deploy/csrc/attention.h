@@ -140,18 +140,22 @@ __attribute__((always_inline)) inline double exp_neg(double x) {
 __attribute__((always_inline)) inline double softmax_row_body(
     const AttnArgs& a, const int32_t* dots, int64_t nk, const float* mix,
     const float* bias, const float* mask, double* s) {
-  for (int64_t j = 0; j < nk; ++j) {
-    double acc = 0.;
-    for (int b = 0; b < a.branches; ++b) {
-      double sb = static_cast<double>(dots[b * nk + j]) * a.qk_scale[b];
-      sb = sb * a.scale;
-      if (mix) sb = sb * static_cast<double>(mix[b]);
-      acc = b ? acc + sb : sb;
+  // one vectorisable pass per term, each rounding as the model's
+  for (int b = 0; b < a.branches; ++b) {
+    const int32_t* __restrict__ d = dots + b * nk;
+    const double qk = a.qk_scale[b], sc = a.scale;
+    const double mb = mix ? static_cast<double>(mix[b]) : 1.;
+    for (int64_t j = 0; j < nk; ++j) {
+      double sb = static_cast<double>(d[j]) * qk;
+      sb = sb * sc;
+      if (mix) sb = sb * mb;
+      s[j] = b ? s[j] + sb : sb;
     }
-    if (bias) acc = acc + static_cast<double>(bias[j]);
-    if (mask) acc = acc + static_cast<double>(mask[j]);
-    s[j] = acc;
   }
+  if (bias)
+    for (int64_t j = 0; j < nk; ++j) s[j] = s[j] + static_cast<double>(bias[j]);
+  if (mask)
+    for (int64_t j = 0; j < nk; ++j) s[j] = s[j] + static_cast<double>(mask[j]);
   double mx = s[0];
   for (int64_t j = 1; j < nk; ++j) mx = s[j] > mx ? s[j] : mx;
   for (int64_t j = 0; j < nk; ++j) s[j] = exp_neg(s[j] - mx);
@@ -261,24 +265,45 @@ struct AttnScratch {
   std::vector<int64_t> pos;       // per channel: selected keys with v = +1
 };
 
-// Key-mask bits of one query from the exps e_j and their sum: A_j =
-// e_j / sum, bit = A_j / a > 0.5 ({0, a}: round(A / a) >= 1) or
-// A_j >= r max A (SAB), in float64.
-inline void mask_row(const AttnArgs& a, const double* e, int64_t nk,
-                     double sum, u64* m) {
-  const int64_t kw = (nk + 63) / 64;
-  for (int64_t q = 0; q < kw; ++q) m[q] = 0;
-  const double pa = static_cast<double>(a.prob_a);
-  double amax = 0.;
-  if (a.prob_mode == 1)
-    for (int64_t j = 0; j < nk; ++j) amax = std::max(amax, e[j] / sum);
-  const double thr = a.prob_ratio * amax;
-  for (int64_t j = 0; j < nk; ++j) {
-    const double p = e[j] / sum;
-    const bool on = a.prob_mode == 0 ? p / pa > 0.5 : p >= thr;
-    m[j / 64] |= static_cast<u64>(on) << (j % 64);
+// Key-mask bits of one query from the exps e_j (the largest is exp(0) = 1)
+// and their sum: A_j = e_j / sum and bit = A_j / a > 0.5 ({0, a}:
+// round(A / a) >= 1), i.e. e_j > (a / 2) sum, or A_j >= r max A (SAB), i.e.
+// e_j >= r; in float64 (the two forms differ by float64 rounding only).
+__attribute__((always_inline)) inline void mask_row_body(
+    const AttnArgs& a, const double* e, int64_t nk, double sum, u64* m) {
+  const double thr = a.prob_mode == 0
+                         ? 0.5 * static_cast<double>(a.prob_a) * sum
+                         : a.prob_ratio;
+  const bool strict = a.prob_mode == 0;
+  for (int64_t j0 = 0; j0 < nk; j0 += 64) {
+    const int64_t len = nk - j0 < 64 ? nk - j0 : 64;
+    u64 word = 0;
+    if (strict)
+      for (int64_t j = 0; j < len; ++j)
+        word |= static_cast<u64>(e[j0 + j] > thr) << j;
+    else
+      for (int64_t j = 0; j < len; ++j)
+        word |= static_cast<u64>(e[j0 + j] >= thr) << j;
+    m[j0 / 64] = word;
   }
 }
+
+inline void mask_row_generic(const AttnArgs& a, const double* e, int64_t nk,
+                             double sum, u64* m) {
+  mask_row_body(a, e, nk, sum, m);
+}
+
+#if DIDB_X86
+__attribute__((target("avx2"))) inline void mask_row_avx2(
+    const AttnArgs& a, const double* e, int64_t nk, double sum, u64* m) {
+  mask_row_body(a, e, nk, sum, m);
+}
+
+__attribute__((target("avx512f"))) inline void mask_row_avx512(
+    const AttnArgs& a, const double* e, int64_t nk, double sum, u64* m) {
+  mask_row_body(a, e, nk, sum, m);
+}
+#endif
 
 // pos[c] = popcount(m AND vt[., c]) for the dv channels of a head.
 inline void aggregate_generic(const u64* m, const u64* vt, int64_t kw,
@@ -401,7 +426,14 @@ inline void attn_window(const AttnArgs& a, int64_t b, int64_t win, int64_t q0,
         sum = softmax_row_generic(a, dots, nk, mix, br, mr, s);
       }
       u64* m = sc.mrow.data();
-      mask_row(a, s, nk, sum, m);
+#if DIDB_X86
+      if (isa >= kAvx512)
+        mask_row_avx512(a, s, nk, sum, m);
+      else if (isa >= kAvx2)
+        mask_row_avx2(a, s, nk, sum, m);
+      else
+#endif
+        mask_row_generic(a, s, nk, sum, m);
       int64_t cnt = 0, cnt_valid = 0;
       for (int64_t q = 0; q < kw; ++q) {
         cnt += __builtin_popcountll(m[q]);

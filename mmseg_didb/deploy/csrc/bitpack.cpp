@@ -34,6 +34,7 @@
 
 #include "attention.h"
 #include "bitpack_kernels.h"
+#include "label_map.h"
 #include "panel_gemm.h"
 #include "unit_epilogue.h"
 
@@ -693,6 +694,27 @@ std::vector<at::Tensor> haar_split_tokens(const at::Tensor& x_in,
   return {lo, hi};
 }
 
+// The label map of logits (N, C, h, w) (any memory layout) at (oh, ow):
+// label_map.h; int64 (N, oh, ow).
+at::Tensor resize_argmax(const at::Tensor& logits_in, int64_t oh,
+                         int64_t ow) {
+  TORCH_CHECK(logits_in.dim() == 4, "resize_argmax expects (N, C, h, w)");
+  TORCH_CHECK(oh > 0 && ow > 0, "the output size must be positive");
+  const at::Tensor x = logits_in.to(at::kFloat).permute({0, 2, 3, 1})
+                           .contiguous();  // channels-last rows
+  const int64_t n = x.size(0), h = x.size(1), w = x.size(2), c = x.size(3);
+  TORCH_CHECK(c > 0 && h > 0 && w > 0, "empty logits");
+  at::Tensor out = at::empty({n, oh, ow}, x.options().dtype(at::kLong));
+  didb::resize_argmax(
+      g_isa, x.data_ptr<float>(), n, h, w, c, oh, ow,
+      out.data_ptr<int64_t>(),
+      [](int64_t begin, int64_t end,
+         const std::function<void(int64_t, int64_t)>& f) {
+        at::parallel_for(begin, end, 1, f);
+      });
+  return out;
+}
+
 // --------------------------------------------------------- management
 std::string get_isa() { return didb::isa_name(g_isa); }
 
@@ -756,6 +778,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "HFSC low/high split of a token map", py::arg("x"),
         py::arg("grid_h"), py::arg("grid_w"), py::arg("extra"),
         py::arg("low") = 0);
+  m.def("resize_argmax", &resize_argmax,
+        "bilinear resize (align_corners=False) fused with argmax over "
+        "classes", py::arg("logits"), py::arg("height"), py::arg("width"));
   m.def("get_isa", &get_isa);
   m.def("set_isa", &set_isa);
   m.def("supported_isas", &supported_isas);
