@@ -17,7 +17,7 @@ from mmseg_didb.deploy import (PackedBinaryConv2d, PackedBinaryLinear,
                                kernel_variant, kernel_variants,
                                kernels_available, mask_matmul, pack_bits,
                                pack_conv_input, pack_conv_weight, pack_signs,
-                               set_kernel_variant, unpack_signs, use_native)
+                               set_kernel_variant, unpack_signs)
 from kernel_variants import VARIANTS, variant
 
 torch.set_num_threads(2)

@@ -21,31 +21,27 @@ matmul saves (entries ``{-L, 0, +L}``, one ``L`` per tensor).
 for comparisons; it is on by default.
 """
 import contextlib
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from .flags import Switch
+
 __all__ = ['binary_operands', 'binarizers_on', 'compact_saves',
            'compact_saves_enabled', 'ternary_saves']
 
-_ENABLED = [True]
+_ENABLED = Switch(True)
 
 
-@contextlib.contextmanager
-def compact_saves(enabled: bool = True) -> Iterator[None]:
+def compact_saves(enabled: bool = True) -> contextlib.AbstractContextManager:
     """Turn compact saves of the binary layers on or off inside the block."""
-    previous = _ENABLED[0]
-    _ENABLED[0] = bool(enabled)
-    try:
-        yield
-    finally:
-        _ENABLED[0] = previous
+    return _ENABLED.set(enabled)
 
 
 def compact_saves_enabled() -> bool:
     """Whether the binary layers save their binary operands compactly."""
-    return _ENABLED[0]
+    return bool(_ENABLED)
 
 
 def _rebuilt(values: Tensor, shape: torch.Size,
@@ -114,7 +110,7 @@ def binary_operands(
         return contextlib.nullcontext()
     ops: List[Tuple[Tensor, Tensor]] = [
         (t, level.detach()) for t, level in operands]
-    if not (ops and _ENABLED[0] and torch.is_grad_enabled()):
+    if not (ops and bool(_ENABLED) and torch.is_grad_enabled()):
         return contextlib.nullcontext()
     saves = _SignSaves(ops)
     return torch.autograd.graph.saved_tensors_hooks(saves.pack, saves.unpack)
@@ -166,7 +162,7 @@ def ternary_saves(enabled: bool) -> contextlib.AbstractContextManager:
     ``enabled=False`` when one of them is not. A no-op, like :func:`binary_operands`, when compact
     saves are off, no gradient is recorded or under ``torch.compile``.
     """
-    if (not enabled or torch.compiler.is_compiling() or not _ENABLED[0]
+    if (not enabled or torch.compiler.is_compiling() or not bool(_ENABLED)
             or not torch.is_grad_enabled()):
         return contextlib.nullcontext()
     return torch.autograd.graph.saved_tensors_hooks(_TernarySaves.pack,

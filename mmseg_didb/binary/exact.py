@@ -28,11 +28,12 @@ for operation (docs/method.md, "Exact inference"):
 Training keeps the plain float path (the same function up to rounding).
 """
 import contextlib
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .flags import Switch
 
 __all__ = ['exact_inference', 'exact_arithmetic', 'batchnorm_affine', 'batchnorm_exact',
            'affine_of',
@@ -40,27 +41,22 @@ __all__ = ['exact_inference', 'exact_arithmetic', 'batchnorm_affine', 'batchnorm
            'compute_dtype']
 
 
-_ENABLED = [True]
+_ENABLED = Switch(True)
 
 
-@contextlib.contextmanager
-def exact_arithmetic(enabled: bool = True) -> Iterator[None]:
+def exact_arithmetic(enabled: bool = True
+                     ) -> contextlib.AbstractContextManager:
     """Turn the exact inference arithmetic on (the default) or off inside
     the block: off, inference runs the training operations (e.g. for
     counting the model's operations as trained, or for comparing the two)."""
-    previous = _ENABLED[0]
-    _ENABLED[0] = bool(enabled)
-    try:
-        yield
-    finally:
-        _ENABLED[0] = previous
+    return _ENABLED.set(enabled)
 
 
 def exact_inference(binarizers: Sequence[Optional[nn.Module]]) -> bool:
     """Whether a computation on the outputs of ``binarizers`` runs the exact
     inference arithmetic: no autograd, every binarizer given and on, and
     not switched off by :func:`exact_arithmetic`."""
-    return (_ENABLED[0] and not torch.is_grad_enabled()
+    return (bool(_ENABLED) and not torch.is_grad_enabled()
             and all(b is not None and bool(getattr(b, 'enabled', False))
                     for b in binarizers))
 

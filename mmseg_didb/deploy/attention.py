@@ -19,7 +19,6 @@ every binary attention (a module with ``matmul_binarizers()``, e.g.
 """
 from typing import List, Optional, Sequence, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from ..binary.quantizers import SAB, ElasticUnsigned, binary_level

@@ -25,7 +25,7 @@ bit packing) inside the kernel that packs it.
 """
 import copy
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from torch import nn
 

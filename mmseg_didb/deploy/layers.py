@@ -14,7 +14,6 @@ bits), and one XNOR-popcount kernel gives ``dot * a_in * a_r + bias``. A
 from typing import Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..binary.exact import (affine_of, batchnorm_affine, mean_exact,

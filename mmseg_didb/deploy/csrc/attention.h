@@ -164,6 +164,90 @@ __attribute__((always_inline)) inline double softmax_row_body(
   return sum;
 }
 
+#if DIDB_X86
+// exp_neg on 8 lanes: the same reduction, the Taylor polynomial of degree
+// 11 (truncation below 7e-15, far below what could flip a mask bit), 2^n
+// by scalef.
+__attribute__((target("avx512f"), always_inline)) inline __m512d
+exp_neg_avx512(__m512d x) {
+  x = _mm512_max_pd(x, _mm512_set1_pd(-708.0));
+  const __m512d n = _mm512_roundscale_pd(
+      _mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)),
+      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512d r = _mm512_sub_pd(
+      x, _mm512_mul_pd(n, _mm512_set1_pd(0.693147180369123816490)));
+  r = _mm512_sub_pd(
+      r, _mm512_mul_pd(n, _mm512_set1_pd(1.90821492927058770002e-10)));
+  static const double kC[] = {1.0 / 39916800.0, 1.0 / 3628800.0,
+                              1.0 / 362880.0,   1.0 / 40320.0,
+                              1.0 / 5040.0,     1.0 / 720.0,
+                              1.0 / 120.0,      1.0 / 24.0,
+                              1.0 / 6.0,        0.5,
+                              1.0,              1.0};
+  __m512d p = _mm512_set1_pd(kC[0]);
+  for (int i = 1; i < 12; ++i)
+    p = _mm512_add_pd(_mm512_mul_pd(p, r), _mm512_set1_pd(kC[i]));
+  return _mm512_scalef_pd(p, n);
+}
+
+// softmax_row_body and mask_row_body in one AVX-512 pass over 8 keys at a
+// time (float64 lanes; the key mask comes straight from the comparisons).
+__attribute__((target("avx512f"))) inline void
+softmax_mask_row_avx512(const AttnArgs& a, const int32_t* dots, int64_t nk,
+                        const float* mix, const float* bias,
+                        const float* mask, double* s, u64* m) {
+  __m512d vmax = _mm512_set1_pd(-INFINITY);
+  for (int64_t j = 0; j < nk; j += 8) {
+    const __mmask8 k = nk - j >= 8 ? static_cast<__mmask8>(0xff)
+                                   : static_cast<__mmask8>((1u << (nk - j)) - 1u);
+    __m512d acc = _mm512_setzero_pd();
+    for (int b = 0; b < a.branches; ++b) {
+      __m512d sb = _mm512_cvtepi32_pd(_mm512_castsi512_si256(
+          _mm512_maskz_loadu_epi32(k, dots + b * nk + j)));
+      sb = _mm512_mul_pd(sb, _mm512_set1_pd(a.qk_scale[b]));
+      sb = _mm512_mul_pd(sb, _mm512_set1_pd(a.scale));
+      if (mix)
+        sb = _mm512_mul_pd(sb, _mm512_set1_pd(static_cast<double>(mix[b])));
+      acc = b ? _mm512_add_pd(acc, sb) : sb;
+    }
+    if (bias)
+      acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(
+                                   _mm512_maskz_loadu_ps(k, bias + j))));
+    if (mask)
+      acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(
+                                   _mm512_maskz_loadu_ps(k, mask + j))));
+    _mm512_mask_storeu_pd(s + j, k, acc);
+    vmax = _mm512_mask_max_pd(vmax, k, vmax, acc);
+  }
+  const __m512d mx = _mm512_set1_pd(_mm512_reduce_max_pd(vmax));
+  __m512d vsum = _mm512_setzero_pd();
+  for (int64_t j = 0; j < nk; j += 8) {
+    const __mmask8 k = nk - j >= 8 ? static_cast<__mmask8>(0xff)
+                                   : static_cast<__mmask8>((1u << (nk - j)) - 1u);
+    const __m512d e =
+        exp_neg_avx512(_mm512_sub_pd(_mm512_maskz_loadu_pd(k, s + j), mx));
+    _mm512_mask_storeu_pd(s + j, k, e);
+    vsum = _mm512_mask_add_pd(vsum, k, vsum, e);
+  }
+  const double sum = _mm512_reduce_add_pd(vsum);
+  const bool strict = a.prob_mode == 0;
+  const __m512d thr = _mm512_set1_pd(
+      strict ? 0.5 * static_cast<double>(a.prob_a) * sum : a.prob_ratio);
+  for (int64_t j0 = 0; j0 < nk; j0 += 64) {
+    u64 word = 0;
+    for (int64_t j = j0; j < nk && j < j0 + 64; j += 8) {
+      const __mmask8 k = nk - j >= 8 ? static_cast<__mmask8>(0xff)
+                                     : static_cast<__mmask8>((1u << (nk - j)) - 1u);
+      const __m512d e = _mm512_maskz_loadu_pd(k, s + j);
+      const __mmask8 on = strict ? _mm512_mask_cmp_pd_mask(k, e, thr, _CMP_GT_OQ)
+                                 : _mm512_mask_cmp_pd_mask(k, e, thr, _CMP_GE_OQ);
+      word |= static_cast<u64>(on) << (j - j0);
+    }
+    m[j0 / 64] = word;
+  }
+}
+#endif  // DIDB_X86
+
 inline double softmax_row_generic(const AttnArgs& a, const int32_t* dots,
                                   int64_t nk, const float* mix,
                                   const float* bias, const float* mask,
@@ -178,11 +262,6 @@ __attribute__((target("avx2"))) inline double softmax_row_avx2(
   return softmax_row_body(a, dots, nk, mix, bias, mask, s);
 }
 
-__attribute__((target("avx512f,avx512dq"))) inline double softmax_row_avx512(
-    const AttnArgs& a, const int32_t* dots, int64_t nk, const float* mix,
-    const float* bias, const float* mask, double* s) {
-  return softmax_row_body(a, dots, nk, mix, bias, mask, s);
-}
 #endif  // DIDB_X86
 
 // ------------------------------------------------------- DIBA local map
@@ -299,10 +378,6 @@ __attribute__((target("avx2"))) inline void mask_row_avx2(
   mask_row_body(a, e, nk, sum, m);
 }
 
-__attribute__((target("avx512f"))) inline void mask_row_avx512(
-    const AttnArgs& a, const double* e, int64_t nk, double sum, u64* m) {
-  mask_row_body(a, e, nk, sum, m);
-}
 #endif
 
 // pos[c] = popcount(m AND vt[., c]) for the dv channels of a head.
@@ -411,29 +486,22 @@ inline void attn_window(const AttnArgs& a, int64_t b, int64_t win, int64_t q0,
       int32_t* dots = sc.dots.data();
       const float* br = a.bias ? a.bias + (hd * nk + i) * nk : nullptr;
       const float* mr = a.mask ? a.mask + (win * nk + i) * nk : nullptr;
-      double sum;
+      u64* m = sc.mrow.data();
 #if DIDB_X86
       if (isa >= kAvx512) {
         dots_row_avx512(a, qw, kb, ldk, nk, sc.valid.data(), dots);
-        sum = softmax_row_avx512(a, dots, nk, mix, br, mr, s);
+        softmax_mask_row_avx512(a, dots, nk, mix, br, mr, s, m);
       } else if (isa >= kAvx2) {
         dots_row_generic(a, qw, kb, ldk, nk, sc.valid.data(), dots);
-        sum = softmax_row_avx2(a, dots, nk, mix, br, mr, s);
+        mask_row_avx2(a, s, nk, softmax_row_avx2(a, dots, nk, mix, br, mr, s),
+                      m);
       } else
 #endif
       {
         dots_row_generic(a, qw, kb, ldk, nk, sc.valid.data(), dots);
-        sum = softmax_row_generic(a, dots, nk, mix, br, mr, s);
+        mask_row_generic(a, s, nk,
+                         softmax_row_generic(a, dots, nk, mix, br, mr, s), m);
       }
-      u64* m = sc.mrow.data();
-#if DIDB_X86
-      if (isa >= kAvx512)
-        mask_row_avx512(a, s, nk, sum, m);
-      else if (isa >= kAvx2)
-        mask_row_avx2(a, s, nk, sum, m);
-      else
-#endif
-        mask_row_generic(a, s, nk, sum, m);
       int64_t cnt = 0, cnt_valid = 0;
       for (int64_t q = 0; q < kw; ++q) {
         cnt += __builtin_popcountll(m[q]);
