@@ -15,7 +15,7 @@ for operation (docs/method.md, "Exact inference"):
 
 * the product of the binarized operands as an exact integer (a float
   matmul / conv of their signs, rounded), times one float32 scale per output
-  and plus one float32 bias (:func:`affine_of`);
+  and plus one float32 bias (:func:`inference_weights`);
 * an eval-mode BatchNorm as ``y * g + c`` with per-channel constants
   computed once (:func:`batchnorm_exact`);
 * a LayerNorm whose statistics are float64 sums (:func:`layer_norm_exact`),
@@ -36,8 +36,8 @@ from torch import Tensor, nn
 from .flags import Switch
 
 __all__ = ['exact_inference', 'exact_arithmetic', 'batchnorm_affine', 'batchnorm_exact',
-           'affine_of',
-           'layer_norm_exact', 'mean_exact', 'weight_signs', 'signs_of',
+           'inference_weights',
+           'layer_norm_exact', 'mean_exact', 'signs_of',
            'compute_dtype']
 
 
@@ -91,36 +91,32 @@ def batchnorm_exact(y: Tensor, bn: nn.Module, channel_dim: int) -> Tensor:
     return y * g.to(y).view(shape) + c.to(y).view(shape)
 
 
-def weight_signs(layer: nn.Module) -> Tuple[Tensor, Tensor]:
-    """A binary layer's weight pattern (True = +1) and its per-output scale
-    ``a_r`` (float32, one per output row)."""
+def inference_weights(layer: nn.Module
+                      ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """``(pattern, scale, bias)`` of a binary layer at inference: its output
+    is ``dot * scale + bias`` for the integer ``dot`` of the input signs and
+    the weight ``pattern`` (True = +1), with ``scale = a_r * l_in`` (the
+    weight scale per output row times the input binarizer's level, rounded
+    once, float32) and ``bias`` the layer's (float32)."""
+    # the quantizers import this module (mean_exact): import them here
+    from .quantizers import binary_level
     q = layer.weight_quantizer
     w = layer.weight.detach()
     with torch.no_grad():
         if not bool(getattr(q, 'initialized', True)):
             q(w)  # lazy scale init, as the first forward would do
         pattern = q.latent(w) >= 0
-        scale = q.scale(w).detach().float().reshape(-1)
+        a_r = q.scale(w).detach().float().reshape(-1)
     rows = w.shape[0]
-    if scale.numel() == 1:
-        scale = scale.expand(rows)
-    if scale.numel() != rows:
-        raise ValueError(f'weight scale of {scale.numel()} values for '
-                         f'{rows} rows')
-    return pattern, scale.clone()
-
-
-def affine_of(layer: nn.Module) -> Tuple[Tensor, Optional[Tensor]]:
-    """``(scale, bias)`` of a binary layer at inference: its output is
-    ``dot * scale + bias`` for the integer ``dot`` of the input and weight
-    signs, ``scale = a_r * l_in`` (weight scale times the input binarizer's
-    level, rounded once) and ``bias`` the layer's."""
-    from .quantizers import binary_level
-    _, a_r = weight_signs(layer)
+    if a_r.numel() == 1:
+        a_r = a_r.expand(rows)
+    if a_r.numel() != rows:
+        raise ValueError(f'weight scale of {a_r.numel()} values for {rows} '
+                         'rows')
     level = torch.tensor(binary_level(layer.input_quantizer),
                          dtype=torch.float32)
     bias = None if layer.bias is None else layer.bias.detach().float()
-    return a_r * level, bias
+    return pattern, a_r * level, bias
 
 
 def layer_norm_exact(y: Tensor, weight: Optional[Tensor],

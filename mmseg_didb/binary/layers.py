@@ -21,8 +21,8 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .compact import binary_operands
-from .exact import (affine_of, batchnorm_exact, compute_dtype,
-                    exact_inference, layer_norm_exact, signs_of, weight_signs)
+from .exact import (batchnorm_exact, compute_dtype, exact_inference,
+                    inference_weights, layer_norm_exact, signs_of)
 from .presets import BinaryPreset, resolve_preset
 from .quantizers import build_act_quantizer, build_weight_quantizer
 from .rprelu import GridLike, TokenRPReLU
@@ -94,12 +94,11 @@ class _BinaryMixin:
     def exact_forward(self, x: Tensor) -> Tensor:
         """Inference output as the packed kernels compute it: the exact
         integer product of the input and weight signs, times the scale and
-        plus the bias of :func:`~mmseg_didb.binary.exact.affine_of`;
+        plus the bias of :func:`~mmseg_didb.binary.exact.inference_weights`;
         float32 (float64 for a float64 input)."""
         x_b = self.quantized_input(x)  # first: it may set a lazy scale
         dtype = compute_dtype(x_b)
-        pattern, _ = weight_signs(self)
-        scale, bias = affine_of(self)
+        pattern, scale, bias = inference_weights(self)
         dot = self._sign_product(torch.sign(x_b.to(dtype)),
                                  signs_of(pattern).to(dtype)).round()
         y = dot * scale.to(dot).view(self._channel_shape)

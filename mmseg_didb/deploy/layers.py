@@ -16,8 +16,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..binary.exact import (affine_of, batchnorm_affine, mean_exact,
-                            weight_signs)
+from ..binary.exact import (batchnorm_affine, inference_weights,
+                            mean_exact)
 from ..binary.quantizers import (ApproxSign, ASMSign, ElasticSign, RSign,
                                  SignSTE)
 from .conv_kernels import binary_conv2d, pack_conv_input, pack_conv_weight
@@ -41,7 +41,7 @@ class InputBinarizer(nn.Module):
     binarizer scales its input) and a shift that is the learned per-channel
     bias (RSign, BiT elastic) or, for ASM, ``-(b_c + k_c * mean(x / m))``
     per sample. The output magnitude (1, or BiT's ``alpha``) is part of
-    the layer's output scale (:func:`~mmseg_didb.binary.exact.affine_of`).
+    the layer's output scale (:func:`~mmseg_didb.binary.exact.inference_weights`).
 
     Args:
         quantizer: an enabled activation binarizer of the preset table.
@@ -125,13 +125,12 @@ class InputBinarizer(nn.Module):
 def _weight_bits_and_affine(layer: nn.Module) -> Tuple[Tensor, Tensor]:
     """The trained layer's weight pattern (True = +1) and the per-output
     scale of its integer dot (weight scale times input level,
-    :func:`~mmseg_didb.binary.exact.affine_of`)."""
+    :func:`~mmseg_didb.binary.exact.inference_weights`)."""
     if not binarizer_on(layer.weight_quantizer, 'weight'):
         raise ValueError('the layer has no enabled weight binarizer: its '
                          'weights are not binary, so it cannot run on '
                          'bit-packed kernels')
-    pattern, _ = weight_signs(layer)
-    scale, _ = affine_of(layer)
+    pattern, scale, _ = inference_weights(layer)
     return pattern, scale
 
 

@@ -100,32 +100,30 @@ dots_row_avx512(const AttnArgs& a, const uint32_t* const* qw,
 }
 #endif
 
-// exp(x) in float64 for x <= 0: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by
-// its Taylor polynomial of degree 13 (truncation below 1e-17), times 2^n
-// built in the exponent bits; rounding to the nearest n by the 1.5 * 2^52
-// trick, so that the loop vectorises on every instruction set. Below
-// -708 (2^n subnormal) it returns exp(-708), far below any threshold.
+// exp(r) for |r| <= ln2 / 2: its Taylor polynomial of degree 11, highest
+// coefficient first (truncation below 7e-15 relative, far below what could
+// flip a mask bit). ln2 in two parts for the reduction x = n ln2 + r.
+constexpr double kExpTaylor[12] = {
+    1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0,
+    1.0 / 5040.0,     1.0 / 720.0,     1.0 / 120.0,    1.0 / 24.0,
+    1.0 / 6.0,        0.5,             1.0,            1.0};
+constexpr double kLog2e = 1.4426950408889634;
+constexpr double kLn2Hi = 0.693147180369123816490;
+constexpr double kLn2Lo = 1.90821492927058770002e-10;
+
+// exp(x) in float64 for x <= 0: x = n ln2 + r, exp(r) by kExpTaylor, times
+// 2^n built in the exponent bits; rounding to the nearest n by the
+// 1.5 * 2^52 trick, so that the loop vectorises on every instruction set.
+// Below -708 (2^n subnormal) it returns exp(-708), far below any threshold.
 __attribute__((always_inline)) inline double exp_neg(double x) {
   const double kMagic = 6755399441055744.0;  // 1.5 * 2^52
   x = x < -708.0 ? -708.0 : x;
-  const double t = x * 1.4426950408889634 + kMagic;
+  const double t = x * kLog2e + kMagic;
   const double n = t - kMagic;
-  double r = x - n * 0.693147180369123816490;
-  r = r - n * 1.90821492927058770002e-10;
-  double p = 1.0 / 6227020800.0;
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
+  double r = x - n * kLn2Hi;
+  r = r - n * kLn2Lo;
+  double p = kExpTaylor[0];
+  for (int i = 1; i < 12; ++i) p = p * r + kExpTaylor[i];
   int64_t bits;
   std::memcpy(&bits, &t, sizeof bits);
   // the low mantissa bits of t hold n (two's complement)
@@ -165,28 +163,18 @@ __attribute__((always_inline)) inline double softmax_row_body(
 }
 
 #if DIDB_X86
-// exp_neg on 8 lanes: the same reduction, the Taylor polynomial of degree
-// 11 (truncation below 7e-15, far below what could flip a mask bit), 2^n
-// by scalef.
+// exp_neg on 8 lanes: the same reduction and polynomial, 2^n by scalef.
 __attribute__((target("avx512f"), always_inline)) inline __m512d
 exp_neg_avx512(__m512d x) {
   x = _mm512_max_pd(x, _mm512_set1_pd(-708.0));
   const __m512d n = _mm512_roundscale_pd(
-      _mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)),
+      _mm512_mul_pd(x, _mm512_set1_pd(kLog2e)),
       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512d r = _mm512_sub_pd(
-      x, _mm512_mul_pd(n, _mm512_set1_pd(0.693147180369123816490)));
-  r = _mm512_sub_pd(
-      r, _mm512_mul_pd(n, _mm512_set1_pd(1.90821492927058770002e-10)));
-  static const double kC[] = {1.0 / 39916800.0, 1.0 / 3628800.0,
-                              1.0 / 362880.0,   1.0 / 40320.0,
-                              1.0 / 5040.0,     1.0 / 720.0,
-                              1.0 / 120.0,      1.0 / 24.0,
-                              1.0 / 6.0,        0.5,
-                              1.0,              1.0};
-  __m512d p = _mm512_set1_pd(kC[0]);
+  __m512d r = _mm512_sub_pd(x, _mm512_mul_pd(n, _mm512_set1_pd(kLn2Hi)));
+  r = _mm512_sub_pd(r, _mm512_mul_pd(n, _mm512_set1_pd(kLn2Lo)));
+  __m512d p = _mm512_set1_pd(kExpTaylor[0]);
   for (int i = 1; i < 12; ++i)
-    p = _mm512_add_pd(_mm512_mul_pd(p, r), _mm512_set1_pd(kC[i]));
+    p = _mm512_add_pd(_mm512_mul_pd(p, r), _mm512_set1_pd(kExpTaylor[i]));
   return _mm512_scalef_pd(p, n);
 }
 
