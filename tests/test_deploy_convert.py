@@ -13,7 +13,7 @@ from mmengine.config import Config
 
 from conftest import REPO_ROOT
 from kernel_variants import VARIANTS, variant
-from mmseg_didb.binary import PRESETS
+from mmseg_didb.binary import PRESETS, exact_arithmetic
 from mmseg_didb.binary.rprelu import TokenRPReLU
 from mmseg_didb.deploy import (PackedBinaryConv2d, PackedBinaryLinear,
                                convert_to_packed, kernels_available)
@@ -248,3 +248,23 @@ def test_switched_off_binarization_stays_fp():
     assert not report.linears and not report.convs
     assert report.kept_fp and report.attentions  # Q K^T, Ab V still binary
     assert_same(got, want)
+
+
+@pytest.mark.parametrize('builder', [swin_segmentor, vit_segmentor],
+                         ids=['swin', 'vit'])
+def test_exact_arithmetic_off_runs_the_training_operations(builder):
+    """exact_arithmetic(False) switches every part (layers, norms,
+    attention) back to the float operations of training, which autograd
+    runs; on, inference is what the packed model computes."""
+    model = trained_looking(builder('didb', 32), seed=3)
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, 97, 131)
+    float_path = model._forward(x).detach()  # autograd on: training ops
+    with torch.no_grad():
+        with exact_arithmetic(False):
+            off = model._forward(x)
+        on = model._forward(x)
+        packed = convert_to_packed(model)._forward(x)
+    assert torch.equal(off, float_path)
+    assert torch.equal(on, packed)
+    assert not torch.equal(on, off)  # two arithmetics, not one

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from mmseg_didb.binary.compact import binarizers_on
+from mmseg_didb.binary.exact import exact_inference
 from mmseg_didb.binary.layers import BinaryLinearUnit
 from mmseg_didb.binary.presets import BinaryPreset, expect_preset
 from mmseg_didb.binary.quantizers import binary_level
@@ -182,8 +183,7 @@ class DIDBAttention(nn.Module):
         dtype (docs/method.md, "Exact inference").
         """
         qs, ks, v_q, a_q = self.matmul_binarizers()
-        return not torch.is_grad_enabled() and binarizers_on(
-            qs + ks + [v_q, a_q])
+        return exact_inference(qs + ks + [v_q, a_q])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for key in [k for k in state_dict if k.startswith(prefix)]:
