@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from .flags import Switch
 
-__all__ = ['exact_inference', 'exact_arithmetic', 'batchnorm_affine', 'batchnorm_exact',
+__all__ = ['exact_inference', 'exact_arithmetic', 'has_running_stats',
+           'batchnorm_affine', 'batchnorm_exact',
            'inference_weights',
            'layer_norm_exact', 'mean_exact', 'signs_of',
            'compute_dtype']
@@ -67,10 +68,17 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def has_running_stats(m: Optional[nn.Module]) -> bool:
+    """A BatchNorm (any dimension) whose running statistics exist, so that
+    it can act as a per-channel affine map (:func:`batchnorm_affine`)."""
+    return (isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.track_running_stats and m.running_mean is not None)
+
+
 def batchnorm_affine(bn: nn.Module) -> Tuple[Tensor, Tensor]:
     """An eval-mode BatchNorm (any dimension) as ``y * g + c`` per channel,
     float32: ``g = gamma / sqrt(var + eps)``, ``c = beta - mean * g``."""
-    if bn.running_mean is None or not bn.track_running_stats:
+    if not has_running_stats(bn):
         raise ValueError('the BatchNorm has no running statistics')
     g = bn.running_var.detach().float().add(bn.eps).rsqrt()
     if bn.weight is not None:

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from .compact import binary_operands
 from .exact import (batchnorm_exact, compute_dtype, exact_inference,
-                    inference_weights, layer_norm_exact, signs_of)
+                    has_running_stats, inference_weights, layer_norm_exact,
+                    signs_of)
 from .presets import BinaryPreset, resolve_preset
 from .quantizers import build_act_quantizer, build_weight_quantizer
 from .rprelu import GridLike, TokenRPReLU
@@ -225,10 +226,8 @@ class TokenNorm(nn.Module):
 
 
 def _running_batchnorm(m: nn.Module) -> bool:
-    """An eval-mode BatchNorm that uses running statistics (foldable)."""
-    return (isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and not m.training and m.track_running_stats
-            and m.running_mean is not None)
+    """An eval-mode BatchNorm that uses its running statistics."""
+    return has_running_stats(m) and not m.training
 
 
 def _build_norm(kind: str, channels: int) -> nn.Module:

@@ -29,6 +29,7 @@ from typing import List, Sequence
 
 from torch import nn
 
+from ..binary.exact import has_running_stats
 from ..binary.layers import (BinaryConv2d, BinaryConvUnit, BinaryLinear,
                              BinaryLinearUnit, TokenNorm)
 from .attention import PackedAttentionMatmuls, packed_attention
@@ -62,11 +63,6 @@ def _packable(layer: nn.Module) -> bool:
                              'activation'))
 
 
-def _is_batchnorm(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.batchnorm._BatchNorm) and \
-        m.track_running_stats and m.running_mean is not None
-
-
 def _pack_child(parent: nn.Module, name: str, child: nn.Module, full: str,
                 fold_norms: bool, report: PackReport) -> bool:
     """Replace one child by its packed form; False when it has none (its
@@ -84,7 +80,7 @@ def _pack_child(parent: nn.Module, name: str, child: nn.Module, full: str,
         setattr(parent, name, PackedBinaryConvUnit.from_unit(child))
         report.convs.append(f'{full}.conv')
         report.fused_units.append(full)
-        if _is_batchnorm(child.norm):
+        if has_running_stats(child.norm):
             report.folded_norms.append(f'{full}.norm')
         return True
     if isinstance(child, BinaryLinear):

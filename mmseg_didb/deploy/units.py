@@ -22,6 +22,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..binary.exact import has_running_stats
 from ..binary.layers import BinaryConvUnit, BinaryLinearUnit, TokenNorm
 from ..binary.shortcuts import ChannelShortcut, ConvBypass, MergeShortcut
 from ..binary.rprelu import ChannelPReLU, RPReLU, TokenRPReLU
@@ -50,11 +51,6 @@ def _activation_terms(act: nn.Module) -> Optional[Dict[str, Tensor]]:
         terms.update(dyn_gamma=_float(act.dyn_gamma),
                      dyn_zeta=_float(act.dyn_zeta))
     return terms
-
-
-def _is_batchnorm(m: Optional[nn.Module]) -> bool:
-    return (isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and m.track_running_stats and m.running_mean is not None)
 
 
 class PackedBinaryLinearUnit(nn.Module):
@@ -178,7 +174,7 @@ class PackedBinaryConvUnit(nn.Module):
     def fusable(unit: nn.Module) -> bool:
         """True when the unit's norm folds into the packed convolution."""
         return isinstance(unit, BinaryConvUnit) and (
-            _is_batchnorm(unit.norm) or isinstance(unit.norm, nn.Identity))
+            has_running_stats(unit.norm) or isinstance(unit.norm, nn.Identity))
 
     @classmethod
     def from_unit(cls, unit: BinaryConvUnit) -> 'PackedBinaryConvUnit':
@@ -187,7 +183,7 @@ class PackedBinaryConvUnit(nn.Module):
             raise TypeError(f'the norm {unit.norm!r} does not fold into the '
                             'packed convolution')
         conv = PackedBinaryConv2d.from_binary(unit.conv)
-        if _is_batchnorm(unit.norm):
+        if has_running_stats(unit.norm):
             conv.fold_bn(unit.norm)
         return cls(conv, unit.bypass, unit.act)
 
