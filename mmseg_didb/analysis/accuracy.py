@@ -20,12 +20,12 @@ import os.path as osp
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
-    'VARIANTS', 'MAIN_VARIANTS', 'ALTERNATIVES', 'bench_spec',
-    'variant_options',
-    'pretrain_options', 'fingerprint', 'run_one',
+    'VARIANTS', 'MAIN_VARIANTS', 'ALTERNATIVES', 'TASKS', 'PROTOCOLS',
+    'bench_spec', 'ensure_data', 'variant_options', 'pretrain_options',
+    'two_stage_options', 'fingerprint', 'run_one',
     'aggregate', 'format_table', 'plot_results', 'load_results'
 ]
 
@@ -85,6 +85,23 @@ MAIN_VARIANTS = ('fp', 'bnn', 'react', 'bit', 'binaryvit', 'didb',
                  'didb_no_hfsc', 'didb_no_diba_shortcut', 'didb_no_diba_local',
                  'didb_no_token_rprelu')
 
+#: Benchmark tasks: name -> (config, relative to the repository, what it is).
+#: Data, protocol and schedule are the same for all; the model differs.
+TASKS: Dict[str, Tuple[str, str]] = {
+    'swin': ('configs/bench/texture_bench.py',
+             'DIDBSwin, 4x4 windows, one block per stage'),
+    'swin_w8': ('configs/bench/texture_bench_swin_w8.py',
+                'DIDBSwin, 8x8 windows, two blocks per stage'),
+    'vit': ('configs/bench/texture_bench_vit.py',
+            'DIDBViT (DeiT layout): global attention over 256 tokens + CLS, '
+            '6 blocks, binary neck'),
+}
+
+#: Training protocols after stage 0: ``plain`` trains each variant from the
+#: FP checkpoint; ``two-stage`` is the paper's: binary activations with FP
+#: weights, then fully binary, both distilled from the stage-0 FP model.
+PROTOCOLS = ('plain', 'two-stage')
+
 
 def bench_spec(name: str = 'bench'):
     """A dataset build: ``'bench'`` (the benchmark's grayscale 64x64 texture
@@ -99,12 +116,41 @@ def bench_spec(name: str = 'bench'):
 
 
 
-def variant_options(name: str) -> Dict[str, object]:
-    """Config overrides of a variant; unknown names list the valid ones."""
+def ensure_data(data_dir: str, dataset: str = 'bench') -> dict:
+    """Build the :func:`bench_spec` data into ``data_dir`` unless it is
+    there; returns the spec as a dict (part of every run's fingerprint)."""
+    from dataclasses import asdict
+
+    from mmseg_didb.datasets.texture_maker import build_dataset, is_built
+    spec = bench_spec(dataset)
+    if not is_built(data_dir, spec):
+        print(f'building the benchmark data in {data_dir} ...', flush=True)
+        start = time.time()
+        build_dataset(data_dir, spec, verbose=False)
+        print(f'  built in {time.time() - start:.0f} s', flush=True)
+    return asdict(spec)
+
+
+def variant_options(name: str, config=None) -> Dict[str, object]:
+    """Config overrides of a variant; unknown names list the valid ones.
+
+    Args:
+        name: A key of :data:`VARIANTS`.
+        config: The benchmark config (path or ``Config``). When its model has
+            a neck with a preset (the ViT task's binary multi-level neck),
+            the neck gets the decode head's preset, so that ``fp`` is FP
+            throughout and a baseline's neck is the baseline's.
+    """
     if name not in VARIANTS:
         raise ValueError(f'unknown benchmark variant {name!r}; valid: '
                          f'{sorted(VARIANTS)}')
-    return copy.deepcopy(VARIANTS[name][1])
+    options = copy.deepcopy(VARIANTS[name][1])
+    if config is not None:
+        from .builder import load_config
+        neck = load_config(config).model.get('neck')
+        if isinstance(neck, dict) and 'preset' in neck:
+            options['model.neck.preset'] = options['model.decode_head.preset']
+    return options
 
 
 def fingerprint(config_text: str, options: dict, spec: dict) -> str:
@@ -133,10 +179,17 @@ def pretrain_options(config: str,
     from mmengine.config import Config
     cfg = Config.fromfile(config)
     cfg.merge_from_dict(cfg_options or {})
-    iters, lr = int(cfg.pretrain_iters), float(cfg.pretrain_lr)
+    opts = variant_options('fp', cfg)
+    opts.update(_schedule(int(cfg.pretrain_iters), float(cfg.pretrain_lr)))
+    return opts
+
+
+def _schedule(iters: int, lr: float, checkpoint: bool = True) -> dict:
+    """Overrides of one training stage: ``iters`` iterations at ``lr``
+    (10% linear warm-up, poly decay), validation only after training, and
+    (``checkpoint``) one checkpoint at the end."""
     warm = max(1, iters // 10)
-    opts = variant_options('fp')
-    opts.update({
+    opts = {
         'train_cfg.max_iters': iters,
         'train_cfg.val_interval': iters + 1,
         'optim_wrapper.optimizer.lr': lr,
@@ -146,10 +199,53 @@ def pretrain_options(config: str,
             dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False,
                  begin=warm, end=iters)
         ],
-        'default_hooks.checkpoint': dict(type='CheckpointHook',
-                                         by_epoch=False, interval=iters,
-                                         save_last=True, max_keep_ckpts=1),
+    }
+    if checkpoint:
+        opts['default_hooks.checkpoint'] = dict(
+            type='CheckpointHook', by_epoch=False, interval=iters,
+            save_last=True, max_keep_ckpts=1)
+    return opts
+
+
+def two_stage_options(config: str, stage: int, teacher_checkpoint: str,
+                      cfg_options: Optional[dict] = None) -> Dict[str, object]:
+    """Overrides of one stage of the two-stage protocol (DIDB-ViT's, after
+    ReActNet): stage 1 binarizes the activations only (FP weights), stage 2
+    the weights too (weight decay 0); both are distilled per pixel from the
+    FP model of stage 0 (``DistillEncoderDecoder``, KL at temperature 1).
+
+    The stages split the plain protocol's ``train_cfg.max_iters`` in two
+    halves (or ``two_stage_iters = (n1, n2)`` of the config), each at the
+    config's learning rate with the same warm-up and decay, so that both
+    protocols train for the same number of iterations. Stage 1 saves its
+    last checkpoint for stage 2 (the caller sets ``load_from``).
+
+    Args:
+        config: The benchmark config file.
+        stage: 1 or 2.
+        teacher_checkpoint: The stage-0 FP checkpoint.
+        cfg_options: Overrides applied to every run (and to the teacher).
+    """
+    if stage not in (1, 2):
+        raise ValueError(f'stage must be 1 or 2, got {stage!r}')
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(cfg_options or {})
+    total = int(cfg.train_cfg.max_iters)
+    iters = tuple(cfg.get('two_stage_iters', (total // 2, total - total // 2)))
+    cfg.merge_from_dict(variant_options('fp', cfg))
+    opts = _schedule(int(iters[stage - 1]),
+                     float(cfg.optim_wrapper.optimizer.lr),
+                     checkpoint=stage == 1)
+    opts.update({
+        'model.type': 'DistillEncoderDecoder',
+        'model.teacher_config': cfg.model.to_dict(),
+        'model.teacher_checkpoint': teacher_checkpoint,
+        'model.distill': dict(temperature=1.0, weight=1.0),
+        'model.binarize': dict(weights=False) if stage == 1 else None,
     })
+    if stage == 2:
+        opts['optim_wrapper.optimizer.weight_decay'] = 0.0
     return opts
 
 

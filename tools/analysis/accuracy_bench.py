@@ -2,25 +2,37 @@
 
 Usage::
 
-    python tools/analysis/accuracy_bench.py [--variants fp react didb ...]
-        [--seeds 0 1 2] [--jobs N] [--work-dir work_dirs/accuracy_bench]
-        [--data-dir data/texture_bench] [--config configs/bench/...]
+    python tools/analysis/accuracy_bench.py [--task swin|swin_w8|vit]
+        [--protocol plain|two-stage] [--variants fp react didb ...]
+        [--seeds 0 1 2] [--jobs N] [--work-dir DIR]
+        [--data-dir data/texture_bench] [--config CONFIG]
         [--cfg-options key=value ...] [--list]
 
 Data: a grayscale texture-mosaic build made from scikit-image photographs
-(built into ``--data-dir`` on first use). Protocol: stage 0 trains the FP
-model once (seed 0); each (variant, seed) then trains the benchmark model
-from that checkpoint (mmengine's Runner, one fresh process per run,
-``--jobs`` runs at a time with ``cores / jobs`` threads each) and is
-evaluated with mmseg's IoUMetric on the validation split. Results:
+(built into ``--data-dir`` on first use). Tasks (``--task``, the model;
+``--list`` shows them): ``swin`` (default; configs/bench/texture_bench.py),
+``swin_w8`` (8x8 windows, two blocks per stage) and ``vit`` (the DeiT layout
+with global attention). Protocol: stage 0 trains the FP model once (seed 0);
+each (variant, seed) then trains the benchmark model from that checkpoint
+(``--protocol plain``) or in the paper's two stages, binary activations and
+then binary weights, both distilled from the stage-0 model (``--protocol
+two-stage``, the same number of iterations in all). Every run goes through
+mmengine's Runner in a fresh process (``--jobs`` runs at a time with
+``cores / jobs`` threads each) and is evaluated with mmseg's IoUMetric on
+the validation split. Results, in ``--work-dir`` (default
+``work_dirs/accuracy_bench`` for ``swin``, ``work_dirs/accuracy_bench_TASK``
+otherwise):
 
-* ``WORK_DIR/pretrain.json`` and ``WORK_DIR/runs/VARIANT_sSEED.json``: one
-  file per run (finished runs are skipped when the benchmark is started again
-  with the same settings);
-* ``WORK_DIR/results.md``: mean ± sample standard deviation over seeds of
-  mIoU and aAcc, the cost per run, the machine;
-* ``WORK_DIR/results.png``: bar chart with standard-deviation error bars;
-* ``WORK_DIR/results.json``: the aggregated rows.
+* ``pretrain.json`` and ``runs/VARIANT_sSEED.json`` (two-stage:
+  ``runs_two_stage/``, stage 1 in ``runs_two_stage/stage1/``): one file per
+  run (finished runs are skipped when the benchmark is started again with
+  the same settings);
+* ``results.md`` (two-stage: ``results_two_stage.md``): mean ± sample
+  standard deviation over seeds of mIoU and aAcc, the cost per run, the
+  machine;
+* ``results.png`` / ``results_two_stage.png``: bar chart with
+  standard-deviation error bars;
+* ``results.json`` / ``results_two_stage.json``: the aggregated rows.
 """
 import argparse
 import json
@@ -30,6 +42,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 import multiprocessing as mp
+from typing import Callable, List, NamedTuple, Optional
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 sys.path.insert(0, ROOT)
@@ -40,13 +53,20 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 from mmengine.config import DictAction  # noqa: E402
 
 from mmseg_didb.analysis.accuracy import (  # noqa: E402
-    MAIN_VARIANTS, VARIANTS, aggregate, bench_spec, fingerprint,
-    format_table, load_results, plot_results, pretrain_options, run_one,
-    variant_options)
+    MAIN_VARIANTS, PROTOCOLS, TASKS, VARIANTS, aggregate, ensure_data,
+    fingerprint, format_table, load_results, plot_results, pretrain_options,
+    run_one, two_stage_options, variant_options)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--task', choices=list(TASKS), default=None,
+                        help='the benchmark model (sets --config and the '
+                        'default --work-dir); --list shows them')
+    parser.add_argument('--protocol', choices=PROTOCOLS, default='plain',
+                        help="'plain' (default): each variant trains from "
+                        "the FP checkpoint; 'two-stage': binary activations, "
+                        'then binary weights, both distilled from it')
     parser.add_argument('--variants', nargs='+', default=list(MAIN_VARIANTS),
                         help='variants to run (default: the main table); '
                         '--list shows them')
@@ -55,10 +75,12 @@ def parse_args(argv=None):
                         help='runs at a time (default 1, using every core)')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch threads per run (default cores / jobs)')
-    parser.add_argument('--config', default=osp.join(
-        ROOT, 'configs', 'bench', 'texture_bench.py'))
-    parser.add_argument('--work-dir', default=osp.join(
-        ROOT, 'work_dirs', 'accuracy_bench'))
+    parser.add_argument('--config', default=None,
+                        help="the benchmark config (default: the task's)")
+    parser.add_argument('--work-dir', default=None,
+                        help='default work_dirs/accuracy_bench (swin), '
+                        'work_dirs/accuracy_bench_TASK or, for another '
+                        'config, work_dirs/accuracy_bench_CONFIGNAME')
     parser.add_argument('--data-dir', default=osp.join(
         ROOT, 'data', 'texture_bench'))
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -70,28 +92,39 @@ def parse_args(argv=None):
     parser.add_argument('--scratch', action='store_true',
                         help='no stage 0: every run trains from scratch '
                         '(the demo protocol)')
+    parser.add_argument('--stage0-only', action='store_true',
+                        help='only train (or find) the stage-0 FP model and '
+                        'print its checkpoint (the input of '
+                        'tools/analysis/fidelity.py)')
     parser.add_argument('--report-only', action='store_true',
                         help='only rebuild the table and chart from the '
                         'finished runs')
     parser.add_argument('--list', action='store_true',
                         help='list the variants and exit')
     args = parser.parse_args(argv)
+    if args.config is None:
+        args.task = args.task or 'swin'
+        args.config = osp.join(ROOT, TASKS[args.task][0])
+    elif args.task is None:
+        # a task's own config, named by path, is that task
+        given = osp.abspath(args.config)
+        args.task = next((name for name, (config, _) in TASKS.items()
+                          if osp.join(ROOT, config) == given), 'custom')
+    if args.work_dir is None:
+        suffix = '' if args.task == 'swin' else f'_{args.task}'
+        if args.task == 'custom':
+            stem = osp.splitext(osp.basename(args.config))[0]
+            suffix = f'_{stem}'
+        args.work_dir = osp.join(ROOT, 'work_dirs', 'accuracy_bench' + suffix)
+    if args.scratch and args.stage0_only:
+        parser.error('--scratch has no stage 0')
+    if args.scratch and args.protocol != 'plain':
+        parser.error('--scratch has no stage 0 to distil from; use it with '
+                     '--protocol plain')
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f'unknown variants {unknown}; valid: {sorted(VARIANTS)}')
     return args
-
-
-def ensure_data(data_dir: str, dataset: str = 'bench') -> dict:
-    from mmseg_didb.datasets.texture_maker import build_dataset, is_built
-    spec = bench_spec(dataset)
-    if not is_built(data_dir, spec):
-        print(f'building the benchmark data in {data_dir} ...', flush=True)
-        t = time.time()
-        build_dataset(data_dir, spec, verbose=False)
-        print(f'  built in {time.time() - t:.0f} s', flush=True)
-    from dataclasses import asdict
-    return asdict(spec)
 
 
 def load_done(path: str, fp: str):
@@ -101,6 +134,46 @@ def load_done(path: str, fp: str):
     with open(path) as f:
         done = json.load(f)
     return done if done.get('fingerprint') == fp else None
+
+
+class Job(NamedTuple):
+    """One training run of the benchmark."""
+    config: str
+    variant: str
+    seed: int
+    options: dict
+    out: str
+    fingerprint: str
+    work: str
+    label: str
+
+
+def plan(args, runs_dir: str, work_dir: str, label: str, config_text: str,
+         spec: dict, settings: Callable[[str, int], Optional[tuple]]
+         ) -> List[Job]:
+    """The (variant, seed) runs not yet done with the same settings.
+
+    ``settings(variant, seed)`` gives ``(options, key)``: the run's config
+    overrides and what its fingerprint hashes (checkpoint paths replaced by
+    the fingerprints of the runs that made them), or None to skip the run.
+    """
+    todo = []
+    for variant in args.variants:
+        for seed in args.seeds:
+            got = settings(variant, seed)
+            if got is None:
+                continue
+            options, key = got
+            fp = fingerprint(config_text, key, spec)
+            out = osp.join(runs_dir, f'{variant}_s{seed}.json')
+            if load_done(out, fp) is not None:
+                continue
+            if osp.isfile(out):
+                print(f'{label}{variant} seed {seed}: settings changed, '
+                      'running again', flush=True)
+            todo.append(Job(args.config, variant, seed, options, out, fp,
+                            osp.join(work_dir, f'{variant}_s{seed}'), label))
+    return todo
 
 
 def run_benchmark(args, runs_dir: str, jobs: int, threads: int) -> None:
@@ -113,26 +186,59 @@ def run_benchmark(args, runs_dir: str, jobs: int, threads: int) -> None:
     pre = pre_fp = None
     if not args.scratch:
         pre, pre_fp = run_stage0(args, config_text, data, spec, ctx)
+        if args.stage0_only:
+            print(f"stage 0 checkpoint: {pre['checkpoint']}", flush=True)
+            return
 
-    todo = []
-    for variant in args.variants:
+    def base(variant: str) -> dict:
         options = dict(args.cfg_options, **data)
-        options.update(variant_options(variant))
-        key = dict(options)
-        if pre is not None:
-            options['load_from'] = pre['checkpoint']
-            # the fingerprint holds stage 0's, not the checkpoint path
-            key['load_from'] = pre_fp
-        fp = fingerprint(config_text, key, spec)
-        for seed in args.seeds:
-            out = osp.join(runs_dir, f'{variant}_s{seed}.json')
-            if load_done(out, fp) is not None:
-                continue
-            if osp.isfile(out):
-                print(f'{variant} seed {seed}: settings changed, running '
-                      'again', flush=True)
-            todo.append((variant, seed, options, out, fp))
-    run_all(todo, args, jobs, threads, ctx)
+        options.update(variant_options(variant, args.config))
+        return options
+
+    work = osp.join(args.work_dir, 'work')
+    if args.protocol == 'plain':
+        def plain(variant: str, seed: int) -> tuple:
+            options = base(variant)
+            key = dict(options)
+            if pre is not None:
+                options['load_from'] = pre['checkpoint']
+                # the fingerprint holds stage 0's, not the checkpoint path
+                key['load_from'] = pre_fp
+            return options, key
+
+        run_all(plan(args, runs_dir, work, '', config_text, spec, plain),
+                jobs, threads, ctx)
+        return
+
+    # the paper's protocol: stage 1 (binary activations) from stage 0, then
+    # stage 2 (fully binary) from stage 1, both distilled from stage 0
+    stage1_dir = osp.join(runs_dir, 'stage1')
+    os.makedirs(stage1_dir, exist_ok=True)
+    both = dict(args.cfg_options, **data)
+
+    def staged(stage: int, load_from: str, load_fp: str) -> tuple:
+        opts = two_stage_options(args.config, stage, pre['checkpoint'], both)
+        return dict(opts, load_from=load_from), dict(
+            opts, load_from=load_fp, **{'model.teacher_checkpoint': pre_fp})
+
+    def stage1(variant: str, seed: int) -> tuple:
+        options, key = staged(1, pre['checkpoint'], pre_fp)
+        return dict(base(variant), **options), dict(base(variant), **key)
+
+    def stage2(variant: str, seed: int) -> Optional[tuple]:
+        first = load_done(osp.join(stage1_dir, f'{variant}_s{seed}.json'),
+                          fingerprint(config_text, stage1(variant, seed)[1],
+                                      spec))
+        if first is None or not osp.isfile(first.get('checkpoint') or ''):
+            return None  # stage 1 failed (reported) or its checkpoint is gone
+        options, key = staged(2, first['checkpoint'], first['fingerprint'])
+        return dict(base(variant), **options), dict(base(variant), **key)
+
+    work = osp.join(work, 'two_stage')
+    run_all(plan(args, stage1_dir, osp.join(work, 'stage1'), 'stage 1: ',
+                 config_text, spec, stage1), jobs, threads, ctx)
+    run_all(plan(args, runs_dir, osp.join(work, 'stage2'), 'stage 2: ',
+                 config_text, spec, stage2), jobs, threads, ctx)
 
 
 def run_stage0(args, config_text: str, data: dict, spec: dict, ctx):
@@ -155,34 +261,34 @@ def run_stage0(args, config_text: str, data: dict, spec: dict, ctx):
     return pre, pre_fp
 
 
-def run_all(todo: list, args, jobs: int, threads: int, ctx) -> None:
-    """Run (variant, seed, options, out, fingerprint) jobs, report each."""
-    print(f'{len(todo)} runs to do ({jobs} at a time, {threads} thread(s) '
-          'each); a run takes 2-5 minutes on a 2-core machine', flush=True)
+def run_all(todo: List[Job], jobs: int, threads: int, ctx) -> None:
+    """Run the jobs, ``jobs`` at a time, and report each."""
+    if not todo:
+        return
+    print(f'{todo[0].label}{len(todo)} runs to do ({jobs} at a time, '
+          f'{threads} thread(s) each)', flush=True)
     start = time.time()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
                              max_tasks_per_child=1) as pool:
         futures = {}
-        for variant, seed, options, out, fp in todo:
-            work = osp.join(args.work_dir, 'work', f'{variant}_s{seed}')
-            meta = dict(fingerprint=fp, options=options)
-            futures[pool.submit(run_one, args.config, variant, seed, work,
-                                options, threads, out, meta)] = (variant,
-                                                                 seed, work)
+        for job in todo:
+            meta = dict(fingerprint=job.fingerprint, options=job.options)
+            futures[pool.submit(run_one, job.config, job.variant,
+                                job.seed, job.work, job.options, threads,
+                                job.out, meta)] = job
         for fut in as_completed(futures):
-            variant, seed, work = futures[fut]
+            job = futures[fut]
+            name = f'{job.label}{job.variant} seed {job.seed}'
             try:
                 r = fut.result()
             except Exception as e:  # keep the others running
-                print(f'{variant} seed {seed}: FAILED ({e}); see '
-                      f'{work}/run.log', flush=True)
+                print(f'{name}: FAILED ({e}); see {job.work}/run.log',
+                      flush=True)
                 continue
-            print(f"{variant} seed {seed}: mIoU {r['mIoU']:.2f} aAcc "
-                  f"{r['aAcc']:.2f} ({r['total_time_s'] / 60:.1f} min)",
-                  flush=True)
-    if todo:
-        print(f'benchmark time: {(time.time() - start) / 60:.1f} min',
-              flush=True)
+            print(f"{name}: mIoU {r['mIoU']:.2f} aAcc {r['aAcc']:.2f} "
+                  f"({r['total_time_s'] / 60:.1f} min)", flush=True)
+    print(f'{todo[0].label}time: {(time.time() - start) / 60:.1f} min',
+          flush=True)
 
 
 def main(argv=None) -> None:
@@ -191,9 +297,12 @@ def main(argv=None) -> None:
         for name, (what, opts) in VARIANTS.items():
             main_mark = '*' if name in MAIN_VARIANTS else ' '
             print(f'{main_mark} {name:24s} {what}')
-        print('(* = main table)')
+        print('(* = main table)\ntasks (--task):')
+        for name, (config, what) in TASKS.items():
+            print(f'  {name:24s} {what} ({config})')
         return
-    runs_dir = osp.join(args.work_dir, 'runs')
+    suffix = '' if args.protocol == 'plain' else '_two_stage'
+    runs_dir = osp.join(args.work_dir, 'runs' + suffix)
     os.makedirs(runs_dir, exist_ok=True)
     cores = os.cpu_count() or 1
     jobs = args.jobs or cores
@@ -201,6 +310,8 @@ def main(argv=None) -> None:
 
     if not args.report_only:
         run_benchmark(args, runs_dir, jobs, threads)
+        if args.stage0_only:
+            return
 
     results = [r for r in load_results(runs_dir)
                if r['variant'] in args.variants and r['seed'] in args.seeds]
@@ -211,19 +322,22 @@ def main(argv=None) -> None:
         return
     first = results[0]
     table = format_table(rows)
-    note = (f"{len(results)} runs; machine: {first['cpu']}, "
+    what = TASKS[args.task][1] if args.task in TASKS else args.config
+    note = (f"task {args.task} ({what}), protocol "
+            f"{args.protocol}; {len(results)} runs; machine: {first['cpu']}, "
             f"{first['threads']} torch thread(s) per run, torch "
             f"{first['torch']}; mean ± sample standard deviation over seeds")
-    with open(osp.join(args.work_dir, 'results.md'), 'w') as f:
+    out = osp.join(args.work_dir, 'results' + suffix)
+    with open(out + '.md', 'w') as f:
         f.write(table + '\n\n' + note + '\n')
-    with open(osp.join(args.work_dir, 'results.json'), 'w') as f:
+    with open(out + '.json', 'w') as f:
         json.dump(rows, f, indent=2)
-    plot_results(rows, osp.join(args.work_dir, 'results.png'),
-                 'texture-mosaic accuracy benchmark (mean ± std over seeds)')
+    plot_results(rows, out + '.png',
+                 f'texture-mosaic accuracy benchmark, task {args.task}, '
+                 f'{args.protocol} protocol (mean ± std over seeds)')
     print(table)
     print(note)
-    print(f"wrote {osp.join(args.work_dir, 'results.md')}, results.png, "
-          'results.json')
+    print(f'wrote {out}.md, .png, .json')
 
 
 if __name__ == '__main__':
