@@ -228,6 +228,33 @@ def test_fp_checkpoint_into_variants(tmp_path):
         build_from_fp_checkpoint(VIT, opts, str(bad))
 
 
+def test_hfsc_from_fp_weights_moves_the_attention(tmp_path):
+    """``fp_hfsc`` (the diagnostic of docs/results.md): HFSC's units start
+    from the FP model's Q and K (Q_L = Q_H = Q), yet without binarization
+    its attention is not the FP model's, because the two-band similarity
+    has no cross-band terms; removing HFSC restores it exactly."""
+    fp = _tiny_model(VIT, TINY_VIT, 'fp')
+    ckpt = tmp_path / 'fp.pth'
+    torch.save(dict(state_dict=fp.state_dict()), ckpt)
+    hfsc = build_from_fp_checkpoint(
+        VIT, dict(TINY_VIT, **variant_options('fp_hfsc', VIT)), str(ckpt))
+    sim = 'backbone.layers.0.attn.similarity.'
+    for unit in ('q', 'k'):
+        for band in ('low', 'high'):
+            assert torch.equal(
+                hfsc.state_dict()[f'{sim}{unit}_{band}.linear.weight'],
+                fp.state_dict()[f'{sim}{unit}.linear.weight'])
+    x = torch.randn(2, 3, 64, 64)
+    ref = record_blocks(fp, x)
+    got = compare_records(ref, record_blocks(hfsc, x))
+    assert all(b.attn_kl > 1e-3 and b.out_rel > 1e-3 for b in got)
+    opts = dict(TINY_VIT, **variant_options('fp_hfsc', VIT))
+    opts['model.backbone.preset_overrides'] = dict(hfsc=False)
+    same = build_from_fp_checkpoint(VIT, opts, str(ckpt))
+    assert all(b.attn_kl < 1e-9 and b.out_rel < 1e-6 for b in
+               compare_records(ref, record_blocks(same, x)))
+
+
 # ------------------------------------------------ the tools, end to end
 @pytest.fixture(scope='module')
 def bench_dir(tmp_path_factory, run_tool):

@@ -1,9 +1,19 @@
-"""The accuracy benchmark: variants, one training run, aggregation, outputs.
+"""The accuracy benchmark: tasks, variants, protocols, one training run,
+aggregation, outputs.
 
-Protocol (``configs/bench/texture_bench.py``): stage 0 trains the FP model
-once (seed 0, ``pretrain_iters``); each variant then starts from that
+Tasks (:data:`TASKS`) are benchmark configs sharing one dataset and
+schedule (``configs/bench/texture_bench.py``): ``swin`` (4x4 windows, one
+block per stage), ``swin_w8`` (8x8 windows, two blocks per stage) and
+``vit`` (the DeiT layout: global attention over 256 tokens and a CLS token,
+a binary neck and head).
+
+Protocols (:data:`PROTOCOLS`): stage 0 trains the FP model once (seed 0,
+``pretrain_iters``). ``plain``: each variant then starts from that
 checkpoint and trains ``max_iters`` iterations with its own seed, the way
-binary transformers are trained from an FP model in the papers. A variant
+binary transformers are trained from an FP model in the papers.
+``two-stage`` (DIDB-ViT's, :func:`two_stage_options`): binary activations
+with FP weights, then fully binary, both distilled from the stage-0 model,
+in the same total number of iterations. A variant
 is the benchmark config plus config overrides: the preset of the backbone
 and the heads, or one preset switch of DIDB. Each run goes through
 mmengine's ``Runner`` in a fresh process and is evaluated with mmseg's
@@ -75,6 +85,10 @@ VARIANTS: Dict[str, tuple] = {
                       dict(_both('didb'), **{
                           'model.backbone.attn_cfg': dict(
                               prob_scale_init=0.005)})),
+    # A diagnostic (tools/analysis/fidelity.py): HFSC's similarity without
+    # binarization, loaded from the FP model as the binary variants are.
+    'fp_hfsc': ('FP with the HFSC similarity (no binarization)',
+                _both('fp', hfsc='full')),
 }
 #: The documented alternatives of the DIDB reconstruction.
 ALTERNATIVES = ('didb_hfsc_split', 'didb_hfsc_ll', 'didb_token_dynamic',
