@@ -123,6 +123,29 @@ def test_train_runs_mmseg_train_with_its_arguments(repo_root, monkeypatch):
     assert os.environ['MMSEG_DIDB_UNSAFE_LOAD'] == '1'
 
 
+def test_tool_destroys_the_launchers_process_group(repo_root, monkeypatch,
+                                                  tmp_path):
+    """A launched run leaves its gloo group open; the plugin's tool shuts it
+    down after a success (gloo threads torn down at interpreter exit abort
+    the process otherwise)."""
+    import runpy
+
+    import torch.distributed as dist
+    store = dist.FileStore(str(tmp_path / 'store'), 1)
+
+    def fake_run_path(path, run_name=None):
+        dist.init_process_group('gloo', store=store, rank=0, world_size=1)
+
+    monkeypatch.setattr(runpy, 'run_path', fake_run_path)
+    monkeypatch.setenv('MMSEG_DIDB_UNSAFE_LOAD', '0')
+    try:
+        _load_tool(repo_root, 'test').main(['cfg.py', 'ckpt.pth'])
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_test_runs_mmseg_test_with_its_arguments(repo_root, monkeypatch):
     argv = ['cfg.py', 'ckpt.pth', '--work-dir', 'wd', '--out', 'o',
             '--show-dir', 's', '--tta', '--launcher', 'slurm',

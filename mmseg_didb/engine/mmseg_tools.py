@@ -118,7 +118,20 @@ def run_openmmlab_tool(name: str, parser: argparse.ArgumentParser,
         runpy.run_path(path, run_name='__main__')
     finally:
         sys.argv = saved
+    _destroy_process_group()
     return args
+
+
+def _destroy_process_group() -> None:
+    """Shut the launcher's process group down before the interpreter
+    does: the toolboxes' tools leave it open, and gloo's worker threads
+    torn down at interpreter exit can abort the process (SIGABRT,
+    'terminate called without an active exception') after a run that
+    succeeded. Only after a success: destroying while another rank may
+    still be in a collective can hang."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @contextlib.contextmanager
