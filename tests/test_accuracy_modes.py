@@ -297,6 +297,10 @@ def test_two_stage_protocol_end_to_end(bench_dir, run_tool):
         assert 'loss_kd' in log
     table = (work / 'results_two_stage.md').read_text()
     assert '`didb`' in table and 'two-stage' in table
+    # a two-stage run costs both stages
+    row, = json.loads((work / 'results_two_stage.json').read_text())
+    assert row['time_s'] == pytest.approx(
+        first['total_time_s'] + second['total_time_s'])
     assert (work / 'results_two_stage.png').is_file()
     assert not (work / 'runs').exists() or not list(
         (work / 'runs').glob('*.json'))

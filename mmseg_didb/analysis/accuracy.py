@@ -35,8 +35,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 __all__ = [
     'VARIANTS', 'MAIN_VARIANTS', 'ALTERNATIVES', 'TASKS', 'PROTOCOLS',
     'bench_spec', 'ensure_data', 'variant_options', 'pretrain_options',
-    'two_stage_options', 'fingerprint', 'run_one',
-    'aggregate', 'format_table', 'plot_results', 'load_results'
+    'two_stage_options', 'fingerprint', 'run_one', 'aggregate',
+    'format_table', 'plot_results', 'load_results', 'with_stage1_time'
 ]
 
 
@@ -321,6 +321,24 @@ def load_results(folder: str) -> List[dict]:
         if name.endswith('.json'):
             with open(osp.join(folder, name)) as f:
                 out.append(json.load(f))
+    return out
+
+
+def with_stage1_time(results: List[dict], stage1_dir: str) -> List[dict]:
+    """Two-stage results whose ``total_time_s`` covers both stages: a
+    stage-2 run's own JSON times stage 2 only, and a two-stage run costs
+    the sum (``stage_times_s`` keeps the two)."""
+    out = []
+    for r in results:
+        path = osp.join(stage1_dir, f"{r['variant']}_s{r['seed']}.json")
+        if not osp.isfile(path):
+            raise FileNotFoundError(
+                f'{path}: the stage-1 run of this stage-2 result is missing; '
+                'run the two-stage protocol again to redo it')
+        with open(path) as f:
+            first = json.load(f)
+        times = [first['total_time_s'], r['total_time_s']]
+        out.append(dict(r, total_time_s=sum(times), stage_times_s=times))
     return out
 
 

@@ -55,7 +55,7 @@ from mmengine.config import DictAction  # noqa: E402
 from mmseg_didb.analysis.accuracy import (  # noqa: E402
     MAIN_VARIANTS, PROTOCOLS, TASKS, VARIANTS, aggregate, ensure_data,
     fingerprint, format_table, load_results, plot_results, pretrain_options,
-    run_one, two_stage_options, variant_options)
+    run_one, two_stage_options, variant_options, with_stage1_time)
 
 
 def parse_args(argv=None):
@@ -315,6 +315,8 @@ def main(argv=None) -> None:
 
     results = [r for r in load_results(runs_dir)
                if r['variant'] in args.variants and r['seed'] in args.seeds]
+    if args.protocol == 'two-stage':
+        results = with_stage1_time(results, osp.join(runs_dir, 'stage1'))
     order = [v for v in VARIANTS if v in args.variants]
     rows = aggregate(results, order)
     if not rows:
