@@ -1,11 +1,13 @@
 """Shared fixtures: a tiny texture-mosaic dataset, a tiny config, a 2-iteration
 training run through ``tools/train.py`` and a helper that runs the tools in a
 subprocess with this interpreter."""
+import contextlib
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Iterator, List
 
 import pytest
 
@@ -201,6 +203,23 @@ def tiny_segmentor(preset='didb', head: str = 'uper', embed_dims: int = 32,
         type='BinaryEncoderDecoder',
         data_preprocessor=dict(type='SegDataPreProcessor', size=(32, 32)),
         **model, **kwargs)
+
+
+@contextlib.contextmanager
+def log_records() -> Iterator[List[logging.LogRecord]]:
+    """The records logged to mmengine's current logger inside the context
+    (a handler of its own: the logger's stream handler may hold a stdout
+    bound before the test, which capture would not see)."""
+    from mmengine.logging import MMLogger
+    records: List[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture(scope='session')

@@ -7,11 +7,10 @@ import sys
 
 import mmseg_didb  # noqa: F401  (first: installs the mmcv-lite shims)
 import pytest
-from mmengine.logging import MMLogger
 from mmengine.registry import HOOKS as ROOT_HOOKS
 from mmseg.registry import HOOKS as MMSEG_HOOKS
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, log_records
 from mmseg_didb.engine import allocator
 from mmseg_didb.engine.allocator import (MAX_MMAP_THRESHOLD, CPUAllocatorHook,
                                          set_malloc_mmap_threshold)
@@ -65,17 +64,8 @@ def test_bad_thresholds_are_refused(bad):
 
 def test_not_glibc_is_logged_and_leaves_the_allocator(monkeypatch):
     monkeypatch.setattr(allocator, '_glibc', lambda: None)
-    # a handler of our own: the logger's stream handler may hold a stdout
-    # bound before this test (capture would then see nothing)
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(handler)
-    try:
+    with log_records() as records:
         assert set_malloc_mmap_threshold(1 << 20) is False
-    finally:
-        logger.removeHandler(handler)
     assert any('not glibc' in r.getMessage() and
                r.levelno == logging.WARNING for r in records)
 

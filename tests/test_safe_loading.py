@@ -12,11 +12,11 @@ import warnings
 import mmseg_didb  # noqa: F401  (first: installs shims, allowlists)
 import pytest
 import torch
-from mmengine.logging import HistoryBuffer, MessageHub, MMLogger
+from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, log_records
 from mmseg_didb.models.utils import (UnsafeCheckpointError, read_checkpoint,
                                      read_state_dict)
 
@@ -60,15 +60,8 @@ def test_read_checkpoint_refuses_and_opt_in_is_logged(evil):
     assert not marker.exists()
     # the opt-in unpickles (the payload runs: the file really is unsafe)
     # and logs a warning
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(handler)
-    try:
+    with log_records() as records:
         state = read_checkpoint(path, allow_unsafe=True)
-    finally:
-        logger.removeHandler(handler)
     assert 'state_dict' in state and marker.exists()
     assert any('FULL unpickle' in r.getMessage() and
                r.levelno == logging.WARNING for r in records)
