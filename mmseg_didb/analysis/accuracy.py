@@ -36,7 +36,8 @@ __all__ = [
     'VARIANTS', 'MAIN_VARIANTS', 'ALTERNATIVES', 'TASKS', 'PROTOCOLS',
     'bench_spec', 'ensure_data', 'variant_options', 'pretrain_options',
     'two_stage_options', 'fingerprint', 'run_one', 'aggregate',
-    'format_table', 'plot_results', 'load_results', 'with_stage1_time'
+    'format_table', 'plot_results', 'load_results', 'stage1_dir',
+    'with_stage1_time'
 ]
 
 
@@ -324,13 +325,19 @@ def load_results(folder: str) -> List[dict]:
     return out
 
 
-def with_stage1_time(results: List[dict], stage1_dir: str) -> List[dict]:
+def stage1_dir(runs_dir: str) -> str:
+    """Where the two-stage protocol keeps its stage-1 runs."""
+    return osp.join(runs_dir, 'stage1')
+
+
+def with_stage1_time(results: List[dict], runs_dir: str) -> List[dict]:
     """Two-stage results whose ``total_time_s`` covers both stages: a
     stage-2 run's own JSON times stage 2 only, and a two-stage run costs
     the sum (``stage_times_s`` keeps the two)."""
     out = []
     for r in results:
-        path = osp.join(stage1_dir, f"{r['variant']}_s{r['seed']}.json")
+        path = osp.join(stage1_dir(runs_dir),
+                        f"{r['variant']}_s{r['seed']}.json")
         if not osp.isfile(path):
             raise FileNotFoundError(
                 f'{path}: the stage-1 run of this stage-2 result is missing; '

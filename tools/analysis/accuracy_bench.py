@@ -55,7 +55,8 @@ from mmengine.config import DictAction  # noqa: E402
 from mmseg_didb.analysis.accuracy import (  # noqa: E402
     MAIN_VARIANTS, PROTOCOLS, TASKS, VARIANTS, aggregate, ensure_data,
     fingerprint, format_table, load_results, plot_results, pretrain_options,
-    run_one, two_stage_options, variant_options, with_stage1_time)
+    run_one, stage1_dir, two_stage_options, variant_options,
+    with_stage1_time)
 
 
 def parse_args(argv=None):
@@ -212,8 +213,8 @@ def run_benchmark(args, runs_dir: str, jobs: int, threads: int) -> None:
 
     # the paper's protocol: stage 1 (binary activations) from stage 0, then
     # stage 2 (fully binary) from stage 1, both distilled from stage 0
-    stage1_dir = osp.join(runs_dir, 'stage1')
-    os.makedirs(stage1_dir, exist_ok=True)
+    stage1_runs = stage1_dir(runs_dir)
+    os.makedirs(stage1_runs, exist_ok=True)
     both = dict(args.cfg_options, **data)
 
     def staged(stage: int, load_from: str, load_fp: str) -> tuple:
@@ -226,7 +227,7 @@ def run_benchmark(args, runs_dir: str, jobs: int, threads: int) -> None:
         return dict(base(variant), **options), dict(base(variant), **key)
 
     def stage2(variant: str, seed: int) -> Optional[tuple]:
-        first = load_done(osp.join(stage1_dir, f'{variant}_s{seed}.json'),
+        first = load_done(osp.join(stage1_runs, f'{variant}_s{seed}.json'),
                           fingerprint(config_text, stage1(variant, seed)[1],
                                       spec))
         if first is None or not osp.isfile(first.get('checkpoint') or ''):
@@ -235,7 +236,7 @@ def run_benchmark(args, runs_dir: str, jobs: int, threads: int) -> None:
         return dict(base(variant), **options), dict(base(variant), **key)
 
     work = osp.join(work, 'two_stage')
-    run_all(plan(args, stage1_dir, osp.join(work, 'stage1'), 'stage 1: ',
+    run_all(plan(args, stage1_runs, osp.join(work, 'stage1'), 'stage 1: ',
                  config_text, spec, stage1), jobs, threads, ctx)
     run_all(plan(args, runs_dir, osp.join(work, 'stage2'), 'stage 2: ',
                  config_text, spec, stage2), jobs, threads, ctx)
@@ -316,7 +317,7 @@ def main(argv=None) -> None:
     results = [r for r in load_results(runs_dir)
                if r['variant'] in args.variants and r['seed'] in args.seeds]
     if args.protocol == 'two-stage':
-        results = with_stage1_time(results, osp.join(runs_dir, 'stage1'))
+        results = with_stage1_time(results, runs_dir)
     order = [v for v in VARIANTS if v in args.variants]
     rows = aggregate(results, order)
     if not rows:
